@@ -1,0 +1,293 @@
+"""Gets events from a job's thread onto the Redis stream without ever making the job wait.
+
+The caller's whole cost is one ``deque.append``. A daemon thread wakes every ``flush_interval``,
+serialises what is buffered (redaction and truncation happen here, off the job's thread) and sends
+it as one pipelined batch of ``XADD … MAXLEN ~``. While Redis is unreachable the thread retries with
+exponential backoff; the buffer is bounded, so when it fills the oldest events are dropped and
+counted (``dropped`` is reported in worker heartbeats). Nothing here raises into the caller.
+
+Fork safety: a child process starts with an empty buffer, no thread and no connection; they are
+created again on its first event. At interpreter exit every emitter flushes within a deadline.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any, Callable
+
+from .config import CollectorConfig
+from .constants import DEFAULT_STREAM_MAXLEN, EVENT_FIELD
+from .events import Redactor, encode
+
+__all__ = ["Emitter", "get_emitter", "shutdown_all"]
+
+log = logging.getLogger("flowerbed.collectors")
+
+_live: weakref.WeakSet[Emitter] = weakref.WeakSet()
+
+
+class Emitter:
+    """A bounded buffer in front of a background thread that pipelines XADDs to one stream."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        stream: str,
+        maxlen: int = DEFAULT_STREAM_MAXLEN,
+        *,
+        redactor: Redactor | None = None,
+        buffer_size: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.1,
+        max_backoff: float = 5.0,
+        shutdown_deadline: float = 2.0,
+        connect_timeout: float = 1.0,
+        client_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.redis_url = redis_url
+        self.stream = stream
+        self.maxlen = maxlen
+        self.redactor = redactor or Redactor()
+        self.capacity = buffer_size
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_backoff = max_backoff
+        self.shutdown_deadline = shutdown_deadline
+        self.connect_timeout = connect_timeout
+        self._client_factory = client_factory
+        self._reset()
+        _live.add(self)
+
+    def _reset(self) -> None:
+        """Start from nothing: used at construction and in a forked child."""
+        self._buffer: deque[dict[str, Any]] = deque(maxlen=self.capacity)
+        self._pending: list[bytes] = []  # an encoded batch that failed to send, retried first
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._client: Any = None
+        self._pid = os.getpid()
+        #: Events handed to :meth:`emit`.
+        self.emitted = 0
+        #: Events written to the stream.
+        self.sent = 0
+        #: Events lost: buffer overflow while Redis was away, or unencodable.
+        self.dropped = 0
+        #: Failed send attempts (each is retried with backoff).
+        self.send_errors = 0
+        self.last_error: str | None = None
+
+    # --- the job's side -------------------------------------------------------------------
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Queue one event; costs an append, never blocks, never raises."""
+        try:
+            buf = self._buffer
+            if len(buf) >= self.capacity:
+                self.dropped += 1  # deque(maxlen) discards the oldest on append
+            buf.append(event)
+            self.emitted += 1
+            if len(buf) == self.batch_size:
+                self._wake.set()  # a full batch is waiting: send it now, not at the next tick
+            if self._thread is None:
+                self._start()
+        except Exception:  # pragma: no cover - a guest never breaks its host
+            pass
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None:
+                return
+            self._stop.clear()
+            thread = threading.Thread(target=self._run, name="flowerbed-emitter", daemon=True)
+            self._thread = thread
+            thread.start()
+
+    # --- control --------------------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Events waiting to be sent (buffered plus a failed batch awaiting retry)."""
+        return len(self._buffer) + len(self._pending)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for heartbeats and tests."""
+        return {
+            "emitted": self.emitted,
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "buffered": self.buffered,
+            "send_errors": self.send_errors,
+        }
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Ask the thread to send now and wait up to ``timeout`` s; True if everything was sent."""
+        if self._thread is None and not self._buffer:
+            return True
+        if self._thread is None:
+            self._start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._wake.set()
+            if not self._buffer and not self._pending and not self._busy:
+                return True
+            time.sleep(0.005)
+        return not self._buffer and not self._pending
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Send what is buffered within ``timeout`` s (default: the shutdown deadline), then stop."""
+        timeout = self.shutdown_deadline if timeout is None else timeout
+        thread = self._thread
+        if thread is None or self._pid != os.getpid():
+            return not self._buffer
+        self._stop.set()
+        self._wake.set()
+        thread.join(timeout)
+        self._thread = None
+        done = not self._buffer and not self._pending
+        if not done:
+            self.dropped += len(self._buffer) + len(self._pending)
+            self._buffer.clear()
+            self._pending = []
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+        return done
+
+    # --- the background thread ------------------------------------------------------------
+
+    _busy = False
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            if self._drain_marked():
+                failures = 0
+                continue
+            failures += 1
+            self._stop.wait(min(self.max_backoff, 0.05 * 2**failures) * (0.5 + random.random() / 2))
+        self._drain_marked()  # the last pass after close(): one attempt, bounded by close's join
+
+    def _drain_marked(self) -> bool:
+        self._busy = True
+        try:
+            return self._drain()
+        finally:
+            self._busy = False
+
+    def _drain(self) -> bool:
+        """Send everything buffered, batch by batch; False when a send failed."""
+        while self._pending or self._buffer:
+            if not self._pending:
+                self._pending = self._encode_batch()
+                if not self._pending:
+                    continue
+            try:
+                self._send(self._pending)
+            except Exception as exc:
+                self.send_errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._drop_client()
+                return False
+            self.sent += len(self._pending)
+            self._pending = []
+        return True
+
+    def _encode_batch(self) -> list[bytes]:
+        out: list[bytes] = []
+        buf = self._buffer
+        redactor = self.redactor
+        for _ in range(min(self.batch_size, len(buf))):
+            try:
+                event = buf.popleft()
+            except IndexError:
+                break
+            try:
+                data = encode(event, redactor)
+            except Exception:
+                data = None
+            if data is None:
+                self.dropped += 1
+            else:
+                out.append(data)
+        return out
+
+    def _send(self, batch: list[bytes]) -> None:
+        client = self._client
+        if client is None:
+            client = self._client = self._make_client()
+        pipe = client.pipeline(transaction=False)
+        kwargs: dict[str, Any] = {"maxlen": self.maxlen, "approximate": True} if self.maxlen > 0 else {}
+        for data in batch:
+            pipe.xadd(self.stream, {EVENT_FIELD: data}, **kwargs)
+        pipe.execute()
+
+    def _make_client(self) -> Any:
+        if self._client_factory is not None:
+            return self._client_factory()
+        import redis  # imported here so `import collectors` stays cheap
+
+        return redis.Redis.from_url(
+            self.redis_url,
+            socket_connect_timeout=self.connect_timeout,
+            socket_timeout=max(2.0, self.connect_timeout),
+        )
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+
+
+_registry: dict[tuple[str, str, int], Emitter] = {}
+_registry_lock = threading.Lock()
+
+
+def get_emitter(config: CollectorConfig) -> Emitter:
+    """Return this process's emitter for the config's stream (one per Redis URL and stream)."""
+    key = (config.redis_url, config.stream, config.maxlen)
+    emitter = _registry.get(key)
+    if emitter is None:
+        with _registry_lock:
+            emitter = _registry.get(key)
+            if emitter is None:
+                redactor = Redactor(config.redact, capture_args=config.capture_args)
+                emitter = _registry[key] = Emitter(
+                    config.redis_url, config.stream, config.maxlen, redactor=redactor
+                )
+    return emitter
+
+
+def shutdown_all(timeout: float = 2.0) -> None:
+    """Flush every emitter of this process within ``timeout`` s in total."""
+    deadline = time.monotonic() + timeout
+    for emitter in list(_live):
+        emitter.close(max(0.0, deadline - time.monotonic()))
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for emitter in list(_live):
+        emitter._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(shutdown_all)

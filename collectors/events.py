@@ -1,0 +1,376 @@
+"""The Flowerbed event protocol, version 1, as code.
+
+One stream entry holds one event: a JSON object under the field ``e``. This module is the only
+definition of that object. Collectors build events with :func:`build` (cheap enough for a job's own
+thread); the emitter's background thread turns them into bytes with :func:`encode`, which is where
+argument previews are redacted and truncated; the dashboard checks every entry it reads with
+:func:`decode` / :func:`validate` and quarantines what fails.
+
+Errors::
+
+    InvalidEvent(ValueError)   -- an entry that is not a valid v1 event; ``reason`` says why
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from .constants import (
+    DEFAULT_ARGS_LIMIT,
+    DEFAULT_MESSAGE_LIMIT,
+    DEFAULT_PAYLOAD_LIMIT,
+    DEFAULT_REDACT,
+    DEFAULT_TRACEBACK_LIMIT,
+    MAX_EVENT_BYTES,
+    PROTOCOL_VERSION,
+    REDACTED,
+)
+
+__all__ = [
+    "EventType",
+    "JOB_TYPES",
+    "WORKER_TYPES",
+    "SCHEDULE_TYPES",
+    "KNOWN_TYPES",
+    "REQUIRED",
+    "FIELD_TYPES",
+    "InvalidEvent",
+    "Redactor",
+    "build",
+    "new_event_id",
+    "encode",
+    "decode",
+    "validate",
+    "preview",
+    "cap_payload",
+    "cap_text",
+    "cap_traceback",
+]
+
+
+class EventType:
+    """The event types of protocol v1 (Celery's kebab-case)."""
+
+    #: A producer put the job on the broker (attempt 1), or the library re-enqueued it for a retry.
+    JOB_ENQUEUED: Final = "job-enqueued"
+    #: A worker began an attempt.
+    JOB_STARTED: Final = "job-started"
+    #: The attempt returned normally.
+    JOB_SUCCEEDED: Final = "job-succeeded"
+    #: The attempt raised; ``final`` says whether retries are exhausted (or none are configured).
+    JOB_FAILED: Final = "job-failed"
+    #: The job was aborted, revoked, skipped or expired; ``reason`` says which.
+    JOB_CANCELLED: Final = "job-cancelled"
+    #: A worker process started taking jobs.
+    WORKER_ONLINE: Final = "worker-online"
+    #: A worker process is alive: concurrency, in-flight, loop lag, RSS, drops.
+    WORKER_HEARTBEAT: Final = "worker-heartbeat"
+    #: A worker process stopped gracefully.
+    WORKER_OFFLINE: Final = "worker-offline"
+    #: A scheduler announced one schedule (name, cron or interval, timezone).
+    SCHEDULE_REGISTERED: Final = "schedule-registered"
+    #: A scheduler fired a schedule for a slot.
+    SCHEDULE_FIRED: Final = "schedule-fired"
+    #: A scheduler process is alive.
+    SCHEDULER_HEARTBEAT: Final = "scheduler-heartbeat"
+
+
+JOB_TYPES: Final = frozenset(
+    {
+        EventType.JOB_ENQUEUED,
+        EventType.JOB_STARTED,
+        EventType.JOB_SUCCEEDED,
+        EventType.JOB_FAILED,
+        EventType.JOB_CANCELLED,
+    }
+)
+WORKER_TYPES: Final = frozenset(
+    {EventType.WORKER_ONLINE, EventType.WORKER_HEARTBEAT, EventType.WORKER_OFFLINE}
+)
+SCHEDULE_TYPES: Final = frozenset(
+    {EventType.SCHEDULE_REGISTERED, EventType.SCHEDULE_FIRED, EventType.SCHEDULER_HEARTBEAT}
+)
+KNOWN_TYPES: Final = JOB_TYPES | WORKER_TYPES | SCHEDULE_TYPES
+
+LIBS: Final = frozenset({"arq", "dramatiq", "taskiq", "celery"})
+
+#: Fields every event must carry.
+COMMON_REQUIRED: Final = ("v", "id", "type", "ts", "lib", "app")
+
+#: Fields each known type requires beyond the common ones.
+REQUIRED: Final[dict[str, tuple[str, ...]]] = {
+    **{t: ("job_id",) for t in JOB_TYPES},
+    **{t: ("worker",) for t in WORKER_TYPES},
+    EventType.SCHEDULE_REGISTERED: ("schedule",),
+    EventType.SCHEDULE_FIRED: ("schedule",),
+    EventType.SCHEDULER_HEARTBEAT: ("scheduler",),
+}
+
+_STR = (str,)
+_NUM = (int, float)
+_INT = (int,)
+_OBJ = (dict,)
+
+#: Python types each known field may hold (``None`` is always allowed for optional fields).
+FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
+    "v": _INT,
+    "id": _STR,
+    "type": _STR,
+    "ts": _NUM,
+    "lib": _STR,
+    "app": _STR,
+    "host": _STR,
+    "pid": _INT,
+    "worker": _STR,
+    "job_id": _STR,
+    "task": _STR,
+    "queue": _STR,
+    "attempt": _INT,
+    "max_attempts": _INT,
+    "enqueued_at": _NUM,
+    "eta": _NUM,
+    "duration_ms": _NUM,
+    "cpu_ms": _NUM,
+    "args": _STR,
+    "payload_bytes": _INT,
+    "exc_type": _STR,
+    "exc_message": _STR,
+    "traceback": _STR,
+    "retry_in_s": _NUM,
+    "correlation_id": _STR,
+    "trace_id": _STR,
+    "span_id": _STR,
+    "payload": _OBJ,
+    "final": (bool,),
+    "reason": _STR,
+    "result": _STR,
+    "concurrency": _INT,
+    "inflight": _INT,
+    "processed": _INT,
+    "failed": _INT,
+    "loop_lag_ms": _NUM,
+    "rss_bytes": _INT,
+    "dropped": _INT,
+    "queues": (list,),
+    "schedule": _STR,
+    "cron": _STR,
+    "interval_s": _NUM,
+    "timezone": _STR,
+    "slot": _NUM,
+    "scheduler": _STR,
+}
+
+#: Longest identifier-like string accepted (ids, names); longer ones are quarantined.
+MAX_ID_CHARS: Final = 512
+_ID_FIELDS: Final = ("id", "type", "lib", "app", "job_id", "worker", "schedule", "scheduler", "queue", "task")
+
+
+class InvalidEvent(ValueError):
+    """An entry that is not a valid protocol-v1 event; ``reason`` is shown in quarantine."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --- building (runs on the job's own thread: keep it to a dict and a counter) ----------------
+
+_counter = itertools.count()
+_prefix = os.urandom(8).hex()
+
+
+def _reseed() -> None:
+    """Give a forked child its own id prefix so event ids never collide across processes."""
+    global _counter, _prefix
+    _counter = itertools.count()
+    _prefix = os.urandom(8).hex()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed)
+
+
+def new_event_id() -> str:
+    """Return an id unique across processes and restarts: a random per-process prefix plus a counter."""
+    return f"{_prefix}{next(_counter):x}"
+
+
+def build(type: str, lib: str, app: str, **fields: Any) -> dict[str, Any]:
+    """Return a new event dict; fields left ``None`` are dropped when it is encoded.
+
+    ``args_raw`` / ``kwargs_raw`` may hold the job's real arguments: :func:`encode` turns them into
+    a redacted, truncated ``args`` preview off the job's thread.
+    """
+    fields["v"] = PROTOCOL_VERSION
+    fields["id"] = new_event_id()
+    fields["type"] = type
+    fields.setdefault("ts", time.time())
+    fields["lib"] = lib
+    fields["app"] = app
+    return fields
+
+
+# --- redaction and truncation (runs on the emitter's background thread) -----------------------
+
+
+class Redactor:
+    """Replaces the values of secret-looking keys and cuts long previews."""
+
+    def __init__(
+        self,
+        patterns: Iterable[str] = DEFAULT_REDACT,
+        args_limit: int = DEFAULT_ARGS_LIMIT,
+        capture_args: bool = True,
+    ) -> None:
+        pats = [p.strip() for p in patterns if p and p.strip()]
+        self._re = re.compile("|".join(re.escape(p) for p in pats), re.IGNORECASE) if pats else None
+        self.args_limit = args_limit
+        self.capture_args = capture_args
+
+    def is_secret(self, key: object) -> bool:
+        return bool(self._re is not None and isinstance(key, str) and self._re.search(key))
+
+    def scrub(self, value: Any, depth: int = 0) -> Any:
+        """Return a JSON-able copy of ``value`` with secret keys' values replaced."""
+        if depth > 6:
+            return "…"
+        if isinstance(value, Mapping):
+            return {
+                str(k): (REDACTED if self.is_secret(k) else self.scrub(v, depth + 1))
+                for k, v in itertools.islice(value.items(), 50)
+            }
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [self.scrub(v, depth + 1) for v in itertools.islice(value, 50)]
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        if isinstance(value, str):
+            return value if len(value) <= self.args_limit else value[: self.args_limit] + "…"
+        if isinstance(value, bytes):
+            return f"<{len(value)} bytes>"
+        try:
+            text = repr(value)
+        except Exception:  # a user object whose repr raises must not stop the event
+            text = f"<{type(value).__name__}>"
+        return text if len(text) <= 200 else text[:200] + "…"
+
+
+def preview(args: Any, kwargs: Any, redactor: Redactor) -> str | None:
+    """Return the redacted, truncated JSON preview of a job's arguments (``None`` when not captured)."""
+    if not redactor.capture_args:
+        return None
+    body: dict[str, Any] = {}
+    if args:
+        body["args"] = redactor.scrub(list(args))
+    if kwargs:
+        body["kwargs"] = redactor.scrub(dict(kwargs))
+    text = json.dumps(body, ensure_ascii=False, default=str, separators=(",", ":"))
+    limit = redactor.args_limit
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def cap_text(text: str | None, limit: int = DEFAULT_MESSAGE_LIMIT) -> str | None:
+    """Cut a message to ``limit`` characters, marking the cut."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + "…"
+
+
+def cap_traceback(text: str | None, limit: int = DEFAULT_TRACEBACK_LIMIT) -> str | None:
+    """Cut a traceback from the front: its last lines name the failing call."""
+    if text is None or len(text) <= limit:
+        return text
+    return "…" + text[-limit:]
+
+
+def cap_payload(payload: Mapping[str, Any], limit: int = DEFAULT_PAYLOAD_LIMIT) -> dict[str, Any]:
+    """Return ``payload`` if its JSON fits ``limit`` bytes, else a marker that says it was dropped."""
+    data = json.dumps(payload, ensure_ascii=False, default=str, separators=(",", ":")).encode()
+    if len(data) <= limit:
+        return dict(payload)
+    return {"truncated": True, "bytes": len(data), "limit": limit}
+
+
+def encode(event: dict[str, Any], redactor: Redactor) -> bytes | None:
+    """Serialise an event for the stream; ``None`` if it cannot be made to fit the size limit."""
+    raw_args = event.pop("args_raw", None)
+    raw_kwargs = event.pop("kwargs_raw", None)
+    if (raw_args or raw_kwargs) and "args" not in event:
+        event["args"] = preview(raw_args, raw_kwargs, redactor)
+    if event.get("payload") is not None and redactor is not None:
+        payload = event["payload"]
+        if isinstance(payload, Mapping) and not payload.get("truncated"):
+            event["payload"] = cap_payload(payload)
+    clean = {k: v for k, v in event.items() if v is not None}
+    data = json.dumps(clean, ensure_ascii=False, default=str, separators=(",", ":")).encode()
+    if len(data) <= MAX_EVENT_BYTES:
+        return data
+    # Too big: drop the bulky optional parts rather than the whole event.
+    for key in ("payload", "traceback", "args", "result"):
+        clean.pop(key, None)
+    clean["oversize"] = len(data)
+    data = json.dumps(clean, ensure_ascii=False, default=str, separators=(",", ":")).encode()
+    return data if len(data) <= MAX_EVENT_BYTES else None
+
+
+# --- validation (runs in the dashboard's ingest, once per entry) -------------------------------
+
+
+def validate(obj: Any) -> dict[str, Any]:
+    """Return ``obj`` if it is a valid v1 event, else raise :class:`InvalidEvent` with the reason."""
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"event is a JSON {type(obj).__name__}, not an object")
+    for key in COMMON_REQUIRED:
+        if obj.get(key) is None:
+            raise InvalidEvent(f"missing required field {key!r}")
+    if obj["v"] != PROTOCOL_VERSION or isinstance(obj["v"], bool):
+        raise InvalidEvent(f"unknown protocol version {obj['v']!r} (this dashboard reads v{PROTOCOL_VERSION})")
+    etype = obj["type"]
+    if not isinstance(etype, str):
+        raise InvalidEvent("field 'type' must be a string")
+    for key in REQUIRED.get(etype, ()):
+        if obj.get(key) is None:
+            raise InvalidEvent(f"{etype} is missing required field {key!r}")
+    for key, value in obj.items():
+        if value is None:
+            continue
+        allowed = FIELD_TYPES.get(key)
+        if allowed is None:
+            continue  # unknown fields are kept as they are
+        if isinstance(value, bool) and bool not in allowed:
+            raise InvalidEvent(f"field {key!r} must be {_type_name(allowed)}, got a boolean")
+        if not isinstance(value, allowed):
+            raise InvalidEvent(f"field {key!r} must be {_type_name(allowed)}, got {type(value).__name__}")
+    for key in _ID_FIELDS:
+        value = obj.get(key)
+        if isinstance(value, str) and (len(value) > MAX_ID_CHARS or not value):
+            raise InvalidEvent(f"field {key!r} is empty or longer than {MAX_ID_CHARS} characters")
+    ts = obj["ts"]
+    if ts != ts or ts < 0 or ts > 1e11:  # NaN, negative, or milliseconds sent by mistake
+        raise InvalidEvent(f"field 'ts' is not a unix time in seconds: {ts!r}")
+    attempt = obj.get("attempt")
+    if attempt is not None and not 0 < attempt < 1_000_000:
+        raise InvalidEvent(f"field 'attempt' must be 1-based, got {attempt!r}")
+    return obj
+
+
+def _type_name(allowed: tuple[type, ...]) -> str:
+    names = {"str": "a string", "int": "an integer", "float": "a number", "dict": "an object",
+             "list": "a list", "bool": "a boolean"}
+    return " or ".join(dict.fromkeys(names.get(t.__name__, t.__name__) for t in allowed))
+
+
+def decode(data: bytes | str, loads: Any = json.loads) -> dict[str, Any]:
+    """Parse and validate one stream entry's ``e`` field; raises :class:`InvalidEvent`."""
+    if len(data) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"entry is {len(data)} bytes, over the {MAX_EVENT_BYTES}-byte limit")
+    try:
+        obj = loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidEvent(f"not JSON: {exc}") from None
+    return validate(obj)
