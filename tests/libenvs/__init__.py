@@ -37,11 +37,13 @@ def ensure_env(name: str) -> Path:
     bindir = target / "bin"
     marker = target / ".complete"
     if marker.exists():
+        _link_checkout(bindir)
         return bindir
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if marker.exists():
+            _link_checkout(bindir)
             return bindir
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(target)], check=True)
         subprocess.run(
@@ -49,15 +51,14 @@ def ensure_env(name: str) -> Path:
              "-r", str(requirements(name))],
             check=True,
         )
-        site = subprocess.run(
-            [str(bindir / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
-        ).stdout.strip()
-        Path(site, "flowerbed_checkout.pth").write_text(str(ROOT) + "\n")
+        _link_checkout(bindir)
         marker.write_text(requirements(name).read_text())
     return bindir
 
 
-if __name__ == "__main__":  # python -m tests.libenvs NAME… builds envs ahead of the test run
-    for arg in sys.argv[1:] or sorted(p.stem for p in HERE.glob("*.txt")):
-        print(ensure_env(arg))
+def _link_checkout(bindir: Path) -> None:
+    """Point the env at this checkout (the cache may have been built from another clone)."""
+    site = next((bindir.parent / "lib").glob("python3*/site-packages"))
+    pth = site / "flowerbed_checkout.pth"
+    if not pth.exists() or pth.read_text().strip() != str(ROOT):
+        pth.write_text(str(ROOT) + "\n")
