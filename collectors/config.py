@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from .constants import (
     DEFAULT_REDACT,

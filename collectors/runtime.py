@@ -1,0 +1,259 @@
+"""What every library adapter shares: the error guard, worker identity, counters and heartbeats.
+
+An adapter (``collectors.arq``, ``.dramatiq``, ``.taskiq``, ``.celery``) owns a :class:`Recorder`,
+calls :meth:`Recorder.emit` from the library's hooks inside :func:`swallow_errors`, and starts a
+:class:`Heartbeat` in worker processes. Nothing here touches the network on the caller's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import sys
+import threading
+import time
+import traceback as tb_module
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Callable, TypeVar
+
+from .config import CollectorConfig
+from .constants import DEFAULT_TRACEBACK_LIMIT, HEARTBEAT_INTERVAL_S
+from .emitter import Emitter, get_emitter
+from .events import EventType, build, cap_text, cap_traceback
+
+__all__ = [
+    "swallow_errors",
+    "guarded",
+    "Recorder",
+    "Heartbeat",
+    "LoopLagMonitor",
+    "failure_fields",
+    "trace_fields",
+    "rss_bytes",
+    "qualname",
+]
+
+log = logging.getLogger("flowerbed.collectors")
+_last_logged = [0.0]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextmanager
+def swallow_errors(where: str = "collector") -> Iterator[None]:
+    """Run a hook body; any exception is logged (at most once a minute) and never reaches the job."""
+    try:
+        yield
+    except Exception:
+        now = time.monotonic()
+        if now - _last_logged[0] > 60:
+            _last_logged[0] = now
+            log.warning("flowerbed %s error (further errors muted for 60 s)", where, exc_info=True)
+
+
+def guarded(fn: F) -> F:
+    """Decorate a sync or async hook so that it can never raise into the library."""
+    if asyncio.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            with swallow_errors(fn.__qualname__):
+                return await fn(*args, **kwargs)
+            return None
+
+        return async_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with swallow_errors(fn.__qualname__):
+            return fn(*args, **kwargs)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def qualname(obj: Any) -> str:
+    """``module.Name`` of an exception class (builtins keep their bare name)."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    module = getattr(cls, "__module__", "") or ""
+    name = getattr(cls, "__qualname__", cls.__name__)
+    return name if module in ("builtins", "") else f"{module}.{name}"
+
+
+def failure_fields(exc: BaseException | None, tb: Any = None, text: str | None = None) -> dict[str, Any]:
+    """exc_type, exc_message and a capped traceback for an exception (or a preformatted one)."""
+    if exc is None:
+        return {"traceback": cap_traceback(text)} if text else {}
+    if text is None:
+        trace = tb if tb is not None else exc.__traceback__
+        try:
+            text = "".join(tb_module.format_exception(type(exc), exc, trace))
+        except Exception:
+            text = None
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type(exc).__name__}>"
+    return {
+        "exc_type": qualname(exc),
+        "exc_message": cap_text(message),
+        "traceback": cap_traceback(text, DEFAULT_TRACEBACK_LIMIT),
+    }
+
+
+def trace_fields() -> dict[str, str]:
+    """OpenTelemetry trace and span ids of the active span, when opentelemetry is in use."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return {}
+    try:
+        ctx = trace.get_current_span().get_span_context()
+        if not ctx.is_valid:
+            return {}
+        return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
+    except Exception:
+        return {}
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int | None:
+    """Resident memory of this process (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except Exception:
+        return None
+
+
+class Recorder:
+    """One adapter's link to the stream: config, emitter, worker identity and job counters."""
+
+    def __init__(self, lib: str, config: CollectorConfig) -> None:
+        self.lib = lib
+        self.config = config
+        self.host = config.host
+        self._reset_identity()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset_identity)
+
+    def _reset_identity(self) -> None:
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        #: Stable id of this worker process: host, pid and start time (pids are reused).
+        self.worker = f"{self.host}:{self.pid}:{int(self.started_at * 1000) % 100_000_000:x}"
+        self.inflight = 0
+        self.processed = 0
+        self.failed = 0
+        self._emitter: Emitter | None = None
+
+    @property
+    def emitter(self) -> Emitter:
+        emitter = self._emitter
+        if emitter is None:
+            emitter = self._emitter = get_emitter(self.config)
+        return emitter
+
+    def emit(self, type: str, **fields: Any) -> None:
+        """Build an event with this worker's identity and queue it (never raises, never blocks)."""
+        if not self.config.enabled:
+            return
+        try:
+            fields.setdefault("host", self.host)
+            fields.setdefault("pid", self.pid)
+            fields.setdefault("worker", self.worker)
+            self.emitter.emit(build(type, self.lib, self.config.app, **fields))
+        except Exception:
+            pass
+
+    def heartbeat_fields(self) -> dict[str, Any]:
+        """The counters a worker-heartbeat carries."""
+        return {
+            "inflight": self.inflight,
+            "processed": self.processed,
+            "failed": self.failed,
+            "rss_bytes": rss_bytes(),
+            "dropped": self.emitter.dropped,
+        }
+
+
+class Heartbeat:
+    """A daemon thread that emits ``worker-heartbeat`` (or another type) every ``interval`` s."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        extra: Callable[[], dict[str, Any]] | None = None,
+        interval: float = HEARTBEAT_INTERVAL_S,
+        type: str = EventType.WORKER_HEARTBEAT,
+    ) -> None:
+        self.recorder = recorder
+        self.extra = extra
+        self.interval = interval
+        self.type = type
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flowerbed-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def beat(self) -> None:
+        """Emit one heartbeat now."""
+        with swallow_errors("heartbeat"):
+            fields = self.recorder.heartbeat_fields() if self.type == EventType.WORKER_HEARTBEAT else {}
+            if self.extra is not None:
+                fields.update(self.extra())
+            self.recorder.emit(self.type, **fields)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+
+class LoopLagMonitor:
+    """Measures how late an event loop wakes a sleeping task: the blocking a sync call causes.
+
+    One timer per ``interval``; the worst lag since the last heartbeat is reported, then reset.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.max_lag_ms = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start on the running loop (call from a coroutine on the worker's loop)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def take(self) -> float:
+        """Return the worst lag (ms) since the last call, and reset it."""
+        lag, self.max_lag_ms = self.max_lag_ms, 0.0
+        return round(lag, 3)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(self.interval)
+            lag = (loop.time() - start - self.interval) * 1000.0
+            if lag > self.max_lag_ms:
+                self.max_lag_ms = lag
+
+
