@@ -1,3 +1,4 @@
+# ENGINEERS WRITING A LIBRARY ADAPTER OR ITS TESTS: read /work/main/.helpers/collectors.md FIRST (ground rules from the lead: no git commits, file ownership, test harness).
 """Per-library virtualenvs for tests that run real workers (arq, dramatiq, taskiq, celery).
 
 The libraries' latest releases cannot share one environment (arq pins redis<6, taskiq-redis needs
