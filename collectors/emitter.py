@@ -62,6 +62,13 @@ class Emitter:
         self.shutdown_deadline = shutdown_deadline
         self.connect_timeout = connect_timeout
         self._client_factory = client_factory
+        if client_factory is None:
+            # Import now, not in the thread: importing redis registers a threading atexit hook,
+            # which fails once the interpreter has begun to shut down (a short-lived producer).
+            try:
+                import redis  # noqa: F401
+            except ImportError:
+                log.warning("flowerbed: redis-py is not installed; events will be dropped")
         self._reset()
         _live.add(self)
 

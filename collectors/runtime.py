@@ -138,6 +138,7 @@ class Recorder:
         self.lib = lib
         self.config = config
         self.host = config.host
+        self.emitter: Emitter = get_emitter(config)  # at install time: its setup stays off the jobs
         self._reset_identity()
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._reset_identity)
@@ -150,14 +151,6 @@ class Recorder:
         self.inflight = 0
         self.processed = 0
         self.failed = 0
-        self._emitter: Emitter | None = None
-
-    @property
-    def emitter(self) -> Emitter:
-        emitter = self._emitter
-        if emitter is None:
-            emitter = self._emitter = get_emitter(self.config)
-        return emitter
 
     def emit(self, type: str, **fields: Any) -> None:
         """Build an event with this worker's identity and queue it (never raises, never blocks)."""

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     PrimaryKeyConstraint,
+    Sequence,
     String,
     Table,
     Text,
@@ -25,6 +26,9 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
+
+#: Job ids on PostgreSQL, where several ingest processes insert jobs; SQLite's one writer counts itself.
+jobs_id_seq = Sequence("jobs_id_seq", metadata=metadata)
 
 #: Upper bounds (ms) of the duration histogram buckets kept in the rollups; one more bucket holds the rest.
 DURATION_BUCKETS_MS: tuple[int, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
@@ -66,7 +70,13 @@ jobs = Table(
     Column("correlation_id", String(512)),
     Column("trace_id", String(64)),
     Column("payload", Text, comment="JSON needed to enqueue again; only on final failures"),
+    Column("veid", BigInteger, nullable=False, default=0, comment="event-id hash that breaks ties of ver"),
+    Column("started_attempt", Integer, comment="attempt whose job-started set started_at"),
+    Column("exc_ver", BigInteger, comment="merge rank of the job-failed that set exc_type/exc_message"),
     Index("jobs_jk", "jk"),
+    # PostgreSQL is shared by several dashboard processes: the natural key is enforced there.
+    # SQLite has one ingest writer, which checks the key itself (a random UNIQUE index costs ~20 %).
+    Index("jobs_key", "lib", "app", "job_id", unique=True).ddl_if(dialect="postgresql"),
     Index("jobs_state_id", "state", "id"),
     Index("jobs_task_id", "task", "id"),
     Index("jobs_created", "created_at"),
@@ -91,6 +101,7 @@ job_events = Table(
     Column("reason", String(512)),
     Column("extra", Text, comment="JSON of the event's remaining fields, unknown ones included"),
     Index("job_events_job", "job"),
+    Index("job_events_job_eid", "job", "eid", unique=True).ddl_if(dialect="postgresql"),
 )
 
 workers = Table(

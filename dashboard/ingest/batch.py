@@ -1,0 +1,95 @@
+"""One batch of stream entries, decoded and sorted: job events grouped per job, the rest, the rejects.
+
+Decoding is the same for both stores; what a store does with a :class:`Batch` is its writer's job.
+A bad entry never raises out of here: it becomes a quarantine row with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from collectors.constants import EVENT_FIELD
+from collectors.events import JOB_TYPES, SCHEDULE_TYPES, WORKER_TYPES, InvalidEvent, decode
+
+from .keys import event_key
+
+__all__ = ["Batch", "JobKey", "QUARANTINE_RAW_LIMIT"]
+
+JobKey = tuple[str, str, str]
+#: Raw text kept for a quarantined entry.
+QUARANTINE_RAW_LIMIT = 64 * 1024
+_FIELD = EVENT_FIELD.encode()
+_OTHER_TYPES = WORKER_TYPES | SCHEDULE_TYPES
+
+
+@dataclass
+class Batch:
+    """Stream entries read together, to be applied in one transaction and then acknowledged."""
+
+    #: Stream ids to XACK once the batch is committed.
+    ids: list[bytes] = field(default_factory=list)
+    #: Job events per (lib, app, job_id), each as (event-id hash, event, raw JSON), in stream order.
+    jobs: dict[JobKey, list[tuple[int, dict[str, Any], bytes]]] = field(default_factory=dict)
+    #: Worker, schedule and scheduler events.
+    others: list[dict[str, Any]] = field(default_factory=list)
+    #: quarantine rows: (stream id, received at, reason, raw text, raw bytes).
+    quarantine: list[tuple[str, float, str, str | None, int | None]] = field(default_factory=list)
+    #: Valid events of unknown types with no job id: counted, otherwise ignored.
+    ignored: int = 0
+    #: Valid entries read (duplicates included).
+    valid: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add_entries(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> None:
+        """Decode stream entries into the batch; invalid ones are put in quarantine."""
+        now = time.time()
+        ids, groups, others = self.ids, self.jobs, self.others
+        for sid, fields in entries:
+            ids.append(sid)
+            raw = fields.get(_FIELD) if fields else None
+            if raw is None:
+                self._reject(sid, now, f"entry has no {EVENT_FIELD!r} field", fields)
+                continue
+            try:
+                event = decode(raw, loads=orjson.loads)
+            except InvalidEvent as exc:
+                self._reject(sid, now, exc.reason, raw)
+                continue
+            self.valid += 1
+            etype = event["type"]
+            job_id = event.get("job_id")
+            if isinstance(job_id, str) and (etype in JOB_TYPES or etype not in _OTHER_TYPES):
+                key = (event["lib"], event["app"], job_id)
+                item = (event_key(event["id"]), event, raw)
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [item]
+                else:
+                    group.append(item)
+            elif etype in _OTHER_TYPES:
+                others.append(event)
+            else:
+                self.ignored += 1
+
+    def _reject(self, sid: bytes, now: float, reason: str, raw: Any) -> None:
+        if raw is None:
+            text, size = None, None
+        elif isinstance(raw, (bytes, bytearray)):
+            size = len(raw)
+            text = bytes(raw[:QUARANTINE_RAW_LIMIT]).decode("utf-8", "replace")
+        else:  # the entry's whole field map, when the event field is missing
+            text = repr({_text(k): _text(v) for k, v in raw.items()})[:QUARANTINE_RAW_LIMIT]
+            size = len(text)
+        self.quarantine.append((_text(sid), now, reason, text, size))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)

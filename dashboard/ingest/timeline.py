@@ -1,0 +1,41 @@
+"""Turns one job event into its ``job_events`` row (the job's timeline).
+
+The row keeps what the job detail page shows per event; what the ``jobs`` row already holds (task,
+queue, args, payload, …) is not repeated, and every other field, unknown ones included, goes to
+``extra`` as JSON so nothing a collector sent is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from dashboard.store.tables import job_events
+
+__all__ = ["COLUMNS", "insert_sql", "event_row"]
+
+#: ``job_events`` columns a row fills, in table order (``id`` is assigned by the database).
+COLUMNS: tuple[str, ...] = tuple(c.name for c in job_events.columns if c.name != "id")
+#: Event fields copied into columns of the same name.
+_COPIED: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("job", "eid", "extra"))
+#: Event fields that neither get a column here nor go to ``extra``: the job row or the worker has them.
+_SKIP = frozenset(_COPIED) | {
+    "v", "id", "lib", "app", "job_id", "task", "queue", "host", "pid", "args", "payload",
+    "max_attempts", "payload_bytes", "correlation_id", "trace_id",
+}
+
+
+def insert_sql(style: str = "qmark") -> str:
+    """The INSERT for :func:`event_row` tuples (``qmark`` for sqlite3, ``named`` for SQLAlchemy)."""
+    values = ", ".join("?" if style == "qmark" else f":{c}" for c in COLUMNS)
+    return f"INSERT INTO {job_events.name} ({', '.join(COLUMNS)}) VALUES ({values})"
+
+
+def event_row(job: int, eid: int, event: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The ``job_events`` row of one event of the job whose ``jobs.id`` is ``job``."""
+    get = event.get
+    rest = {k: v for k, v in event.items() if k not in _SKIP}
+    extra = orjson.dumps(rest).decode() if rest else None
+    return (job, eid, *(get(name) for name in _COPIED), extra)

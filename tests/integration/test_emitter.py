@@ -1,0 +1,177 @@
+"""The emitter against real Redis servers: delivery, trimming, outages, fork and exit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+
+from collectors.emitter import Emitter
+from collectors.events import build, decode
+from tests.conftest import REDIS_URL, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stream_events(stream: str, url: str = REDIS_URL) -> list[dict]:
+    client = redis.Redis.from_url(url)
+    try:
+        return [decode(fields[b"e"]) for _, fields in client.xrange(stream)]
+    finally:
+        client.close()
+
+
+def job_event(i: int) -> dict:
+    return build("job-started", "arq", "test", job_id=f"job-{i}", task="t", attempt=1)
+
+
+def test_events_reach_the_stream_in_order(stream_name: str) -> None:
+    emitter = Emitter(REDIS_URL, stream_name, maxlen=0)
+    for i in range(2000):
+        emitter.emit(job_event(i))
+    assert emitter.flush(10)
+    emitter.close()
+    got = stream_events(stream_name)
+    assert [e["job_id"] for e in got] == [f"job-{i}" for i in range(2000)]
+    assert emitter.stats()["sent"] == 2000 and emitter.stats()["dropped"] == 0
+
+
+def test_stream_is_trimmed_approximately(stream_name: str) -> None:
+    emitter = Emitter(REDIS_URL, stream_name, maxlen=1000, buffer_size=50_000)
+    for i in range(20_000):
+        emitter.emit(job_event(i))
+    assert emitter.flush(20)
+    emitter.close()
+    length = redis.Redis.from_url(REDIS_URL).xlen(stream_name)
+    assert 1000 <= length < 5000
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[str, callable, callable]]:
+    """A redis-server of our own on a free port, which the test may stop and start again."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    procs: list[subprocess.Popen] = []
+
+    def start() -> None:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        client = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError("private redis-server did not start")
+
+    def stop() -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+    start()
+    try:
+        yield f"redis://127.0.0.1:{port}/0", start, stop
+    finally:
+        stop()
+
+
+def test_redis_outage_never_blocks_the_caller_and_sending_resumes(private_redis) -> None:
+    url, start, stop = private_redis
+    stream = "fbtest:outage"
+    emitter = Emitter(url, stream, maxlen=0, buffer_size=1000, max_backoff=0.2)
+    for i in range(10):
+        emitter.emit(job_event(i))
+    assert emitter.flush(5)
+    assert [e["job_id"] for e in stream_events(stream, url)] == [f"job-{i}" for i in range(10)]
+
+    stop()  # the private server keeps nothing on disk: it comes back empty
+    worst = 0.0
+    for i in range(10, 5010):
+        t0 = time.perf_counter()
+        emitter.emit(job_event(i))
+        worst = max(worst, time.perf_counter() - t0)
+        if i % 500 == 0:
+            time.sleep(0.02)  # let the background thread try (and fail) to send meanwhile
+    # A network attempt on the caller's thread would take a millisecond or more.
+    assert worst < 0.002, f"an emit() took {worst * 1e6:.0f} µs while Redis was down"
+    assert emitter.dropped >= 5000 - 1000 - emitter.batch_size
+    assert emitter.send_errors >= 1
+
+    start()
+    for i in range(5010, 5020):
+        emitter.emit(job_event(i))
+    assert emitter.flush(15), emitter.stats()
+    emitter.close()
+    ids = [int(e["job_id"].split("-")[1]) for e in stream_events(stream, url)]
+    # The newest survive, the oldest were dropped and counted, nothing is duplicated or reordered.
+    assert ids[-10:] == list(range(5010, 5020))
+    assert ids == sorted(set(ids))
+    assert len(ids) + emitter.dropped == 5010
+
+
+def test_unreachable_redis_at_start_is_survived(private_redis) -> None:
+    url, _start, stop = private_redis
+    stop()
+    emitter = Emitter(url, "fbtest:never", maxlen=0, buffer_size=100)
+    for i in range(300):
+        emitter.emit(job_event(i))
+    assert not emitter.flush(0.5)
+    assert emitter.close(0.5) is False
+    assert emitter.dropped == 300
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_gets_its_own_buffer_and_thread(stream_name: str) -> None:
+    script = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from collectors.emitter import Emitter
+        from collectors.events import build
+        em = Emitter({REDIS_URL!r}, {stream_name!r}, maxlen=0)
+        em.emit(build("job-started", "celery", "t", job_id="parent-before-fork"))
+        em.flush(5)
+        em.emit(build("job-started", "celery", "t", job_id="parent-buffered"))  # not yet sent at fork time
+        pid = os.fork()
+        if pid == 0:
+            em.emit(build("job-started", "celery", "t", job_id="child"))
+            ok = em.flush(5)
+            os._exit(0 if ok and em.stats()["emitted"] == 1 else 3)
+        _, status = os.waitpid(pid, 0)
+        em.flush(5)
+        sys.exit(os.waitstatus_to_exitcode(status))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert result.returncode == 0
+    ids = sorted(e["job_id"] for e in stream_events(stream_name))
+    assert ids == ["child", "parent-before-fork", "parent-buffered"]
+
+
+def test_buffer_is_flushed_at_interpreter_exit(stream_name: str) -> None:
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from collectors import CollectorConfig, get_emitter, build
+        em = get_emitter(CollectorConfig.resolve(redis_url={REDIS_URL!r}, stream={stream_name!r}))
+        for i in range(3000):
+            em.emit(build("job-succeeded", "taskiq", "t", job_id=str(i)))
+        # no flush: the atexit hook must send what is buffered
+    """)
+    subprocess.run([sys.executable, "-c", script], timeout=60, check=True)
+    assert len(stream_events(stream_name)) == 3000

@@ -1,0 +1,107 @@
+"""The v1 protocol as code: building, encoding, redaction, truncation and validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from collectors import events
+from collectors.constants import MAX_EVENT_BYTES, REDACTED
+from collectors.events import EventType, InvalidEvent, Redactor, build, decode, encode, validate
+
+
+def roundtrip(event: dict, redactor: Redactor | None = None) -> dict:
+    data = encode(event, redactor or Redactor())
+    assert data is not None
+    return decode(data)
+
+
+def test_built_event_is_valid_and_carries_protocol_fields() -> None:
+    ev = roundtrip(build(EventType.JOB_STARTED, "arq", "shop", job_id="j1", task="send", attempt=1))
+    assert ev["v"] == 1 and ev["type"] == "job-started" and ev["lib"] == "arq" and ev["app"] == "shop"
+    assert isinstance(ev["ts"], float) and ev["job_id"] == "j1"
+
+
+def test_event_ids_are_unique() -> None:
+    ids = {build("job-started", "arq", "a", job_id="x")["id"] for _ in range(10_000)}
+    assert len(ids) == 10_000
+
+
+def test_none_fields_are_dropped_and_unknown_fields_kept() -> None:
+    ev = roundtrip(build("job-succeeded", "celery", "a", job_id="1", duration_ms=None, custom_field="x"))
+    assert "duration_ms" not in ev and ev["custom_field"] == "x"
+
+
+def test_arguments_are_redacted_by_key_and_truncated() -> None:
+    redactor = Redactor(args_limit=200)
+    ev = roundtrip(build("job-enqueued", "dramatiq", "a", job_id="1", args_raw=("x" * 500,),
+                         kwargs_raw={"user": "bob", "Password": "hunter2", "nested": {"api_key": "k"}}), redactor)
+    assert "hunter2" not in ev["args"] and '"k"' not in ev["args"]
+    assert ev["args"].endswith("…") and len(ev["args"]) <= 201
+    full = roundtrip(build("job-enqueued", "dramatiq", "a", job_id="1", args_raw=(1,),
+                           kwargs_raw={"user": "bob", "Password": "hunter2", "nested": {"api_key": "k"}}))
+    assert json.loads(full["args"]) == {"args": [1], "kwargs": {"user": "bob", "Password": REDACTED,
+                                                                  "nested": {"api_key": REDACTED}}}
+
+
+def test_capture_args_off_sends_no_arguments() -> None:
+    ev = roundtrip(build("job-enqueued", "arq", "a", job_id="1", args_raw=("secret-ish",)),
+                   Redactor(capture_args=False))
+    assert "args" not in ev
+
+
+def test_custom_redact_patterns() -> None:
+    ev = roundtrip(build("job-enqueued", "arq", "a", job_id="1", kwargs_raw={"ssn": "123", "name": "x"}),
+                   Redactor(patterns=["ssn"]))
+    assert json.loads(ev["args"])["kwargs"] == {"ssn": REDACTED, "name": "x"}
+
+
+def test_payload_over_the_cap_says_so() -> None:
+    capped = events.cap_payload({"args": ["x" * 100]}, limit=50)
+    assert capped["truncated"] is True and capped["bytes"] > 50
+    assert events.cap_payload({"args": [1]}, limit=50) == {"args": [1]}
+
+
+def test_traceback_keeps_its_end() -> None:
+    text = "line\n" * 10_000 + "ValueError: boom"
+    assert events.cap_traceback(text, 100).endswith("ValueError: boom")
+
+
+def test_oversized_event_sheds_bulky_fields_instead_of_vanishing() -> None:
+    ev = roundtrip(build("job-failed", "arq", "a", job_id="1", traceback="x" * (MAX_EVENT_BYTES + 10),
+                         exc_type="ValueError"))
+    assert "traceback" not in ev and ev["oversize"] > MAX_EVENT_BYTES and ev["exc_type"] == "ValueError"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "not an object"),
+        (b'{"v": 1, "type": "job-started", "ts": 1.0, "lib": "arq", "app": "a", "job_id": "1"}', "'id'"),
+        (b'{"v": 2, "id": "x", "type": "job-started", "ts": 1.0, "lib": "arq", "app": "a"}', "version"),
+        (b'{"v": 1, "id": "x", "type": "job-started", "ts": 1.0, "lib": "arq", "app": "a"}', "job_id"),
+        (b'{"v": 1, "id": "x", "type": "job-started", "ts": "now", "lib": "arq", "app": "a", "job_id": "1"}',
+         "'ts' must be"),
+        (b'{"v": 1, "id": "x", "type": "job-started", "ts": 1.0, "lib": "arq", "app": "a", "job_id": "1",'
+         b' "attempt": "2"}', "'attempt' must be"),
+        (b'{"v": 1, "id": "x", "type": "job-started", "ts": 1.0, "lib": "arq", "app": "a", "job_id": "1",'
+         b' "attempt": 0}', "1-based"),
+        (b'{"v": 1, "id": "x", "type": "job-started", "ts": 1700000000000, "lib": "arq", "app": "a",'
+         b' "job_id": "1"}', "seconds"),
+        (b'{"v": 1, "id": "x", "type": "worker-heartbeat", "ts": 1.0, "lib": "arq", "app": "a"}', "worker"),
+        (b'{"v": true, "id": "x", "type": "job-started", "ts": 1.0, "lib": "arq", "app": "a", "job_id": "1"}',
+         "version"),
+        (b"x" * (MAX_EVENT_BYTES + 1), "over the"),
+    ],
+)
+def test_invalid_entries_are_rejected_with_a_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        decode(raw)
+    assert reason in info.value.reason
+
+
+def test_unknown_types_are_valid() -> None:
+    ev = {"v": 1, "id": "x", "type": "job-progress", "ts": 1.5, "lib": "arq", "app": "a", "pct": 50}
+    assert validate(ev) is ev
