@@ -15,6 +15,7 @@ FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 flowerbed
 COPY --from=build /dist/*.whl /tmp/
 RUN pip install --no-cache-dir "$(ls /tmp/flowerbed-*.whl)[dashboard]" && rm /tmp/*.whl
+RUN mkdir -p /home/flowerbed/data && chown flowerbed:flowerbed /home/flowerbed/data
 USER flowerbed
 WORKDIR /home/flowerbed
 VOLUME ["/home/flowerbed/data"]
