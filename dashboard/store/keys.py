@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from hashlib import blake2b
 
-_MASK = (1 << 63) - 1
-
 
 def job_key(lib: str, app: str, job_id: str) -> int:
     """63-bit hash of a job's natural key (lib, app, job_id)."""
-    digest = blake2b(f"{lib}\x1f{app}\x1f{job_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & _MASK
+    data = f"{lib}\x1f{app}\x1f{job_id}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big") >> 1
 
 
 def event_key(event_id: str) -> int:
     """63-bit hash of an event id, for de-duplicating re-delivered events."""
-    digest = blake2b(event_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") & _MASK
+    data = event_id.encode("utf-8", "surrogatepass")
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big") >> 1
