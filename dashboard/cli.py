@@ -168,16 +168,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    what, rest = args.what, args.rest
-    if what == "ingest":
-        from .bench.ingest import main as bench_main
-    elif what == "collectors":
-        from .bench.collectors import main as bench_main
-    elif what == "pages":
-        from .bench.pages import main as bench_main
-    else:  # pragma: no cover - argparse restricts choices
-        raise SystemExit(f"unknown benchmark {what!r}")
-    return bench_main(rest)
+    import importlib
+
+    module = importlib.import_module(f"dashboard.bench.{args.what}")
+    return int(module.main(args.rest))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hmac
 from http.cookies import SimpleCookie
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -65,7 +64,7 @@ class TokenAuth:
             return True
         cookie = headers.get(b"cookie")
         if cookie:
-            jar: SimpleCookie[Any] = SimpleCookie()
+            jar = SimpleCookie()
             jar.load(cookie.decode("latin-1"))
             morsel = jar.get("flowerbed_token")
             if morsel is not None and hmac.compare_digest(morsel.value.encode(), self.token):

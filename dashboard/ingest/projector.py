@@ -45,7 +45,7 @@ STATE, VER, VEID, ATTEMPT, WORKER = _I["state"], _I["ver"], _I["veid"], _I["atte
 CREATED, UPDATED, ENQUEUED = _I["created_at"], _I["updated_at"], _I["enqueued_at"]
 STARTED, STARTED_ATTEMPT, FINISHED = _I["started_at"], _I["started_attempt"], _I["finished_at"]
 EXC_TYPE, EXC_MESSAGE, EXC_VER = _I["exc_type"], _I["exc_message"], _I["exc_ver"]
-PAYLOAD = _I["payload"]
+PAYLOAD, TASK = _I["payload"], _I["task"]
 
 #: Rank phase of each job event type; unknown types have none and only touch the times.
 PHASES: Mapping[str, int] = {

@@ -224,3 +224,17 @@ def writer_main(conn: Connection, parent: int, db_path: str, redis_url: str, str
         db.close()
         lock.close()
         client.close()
+
+
+def main(argv: list[str]) -> int:
+    """``python -m dashboard.ingest.sqlite_writer FD PARENT_PID DB REDIS_URL STREAM GROUP``."""
+    fd, parent, db_path, redis_url, stream, group = argv
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s (writer): %(message)s")
+    writer_main(Connection(int(fd)), int(parent), db_path, redis_url, stream, group)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

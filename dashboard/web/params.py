@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Mapping
 
 from ..store.queries import JOB_STATES, JobFilters
 from ..store.search import parse_query

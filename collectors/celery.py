@@ -1,0 +1,537 @@
+"""Celery collector: signal receivers for producers and workers, and beat instrumentation.
+
+Install it once, wherever the Celery app is built (workers, beat and web producers alike)::
+
+    collectors.celery.install(celery_app, app="shop")
+
+Then ``celery worker`` (prefork, threads, solo …) and ``celery beat`` report without further set-up:
+beat is instrumented from the ``beat_init`` signal by wrapping the running scheduler's
+``apply_async``, so any scheduler class (the default shelve one, django-celery-beat …) works.
+
+Where things run: task signals fire in the pool child (prefork) or pool thread; revocations, hard
+time limits and lost children fire ``task_failure``/``task_revoked`` in the worker's main process,
+and a hard time limit fires ``task_failure`` twice there (deduplicated here). Every job event carries
+the main process's worker id, so the node's heartbeats decide whether its jobs are lost.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+try:
+    from celery import signals
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+except ImportError as exc:  # pragma: no cover - depends on the user's environment
+    raise ImportError(
+        "collectors.celery needs Celery in this environment: pip install celery"
+    ) from exc
+
+from .config import CollectorConfig
+from .events import EventType
+from .runtime import Heartbeat, Recorder, failure_fields, swallow_errors, trace_fields
+
+__all__ = ["install", "CeleryCollector"]
+
+LIB = "celery"
+#: Message headers carrying the first enqueue time and the correlation id; Celery copies custom
+#: headers onto ``task.request``.
+HEADER_ENQUEUED_AT = "fb_enqueued_at"
+HEADER_CORRELATION = "fb_correlation_id"
+_MAX_TRACKED = 10_000
+
+#: (job_id, correlation_id, enqueued_at) of the job running in this thread/context.
+_current_job: contextvars.ContextVar[tuple[str, str, float | None] | None] = contextvars.ContextVar(
+    "flowerbed_celery_job", default=None
+)
+
+
+def _ts(value: Any) -> float | None:
+    """A unix time from Celery's ISO strings, datetimes or numbers."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.timestamp() if isinstance(value, datetime) else None
+    except Exception:
+        return None
+
+
+def _pool_name(pool: Any) -> str:
+    """``prefork``, ``threads``, ``solo``, ``eventlet`` or ``gevent`` from the pool's module."""
+    return type(pool).__module__.rsplit(".", 1)[-1]
+
+
+class _Running:
+    """What a pool thread remembers about one attempt between task_prerun and task_postrun."""
+
+    __slots__ = ("t0", "cpu0", "attempt", "max_attempts", "queue", "enqueued_at", "corr", "token")
+
+    def __init__(self, **kw: Any) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+class CeleryCollector:
+    """The signal receivers of one Celery app; created and connected by :func:`install`."""
+
+    def __init__(self, celery_app: Any, config: CollectorConfig, heartbeat_interval: float | None) -> None:
+        self.celery_app = celery_app
+        self.recorder = Recorder(LIB, config)
+        self._hb_kwargs = {} if heartbeat_interval is None else {"interval": heartbeat_interval}
+        self._node: str | None = None  # the worker main process's id, inherited by pool children
+        self._running: dict[str, _Running] = {}
+        self._received: dict[str, tuple[int, str | None]] = {}
+        self._failed_recently: dict[str, float] = {}
+        self._failed_count: Any = None  # multiprocessing.Value shared with pool children
+        self._heartbeat: Heartbeat | None = None
+        self._inflight_at_shutdown: int | None = None
+        self._lock = threading.Lock()
+
+    # --- wiring -------------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect every receiver strongly, with a dispatch uid so installing twice is harmless."""
+        uid = f"flowerbed-{id(self.celery_app)}"
+        for signal, handler in (
+            (signals.before_task_publish, self.on_publish),
+            (signals.task_received, self.on_received),
+            (signals.task_prerun, self.on_prerun),
+            (signals.task_success, self.on_success),
+            (signals.task_retry, self.on_retry),
+            (signals.task_failure, self.on_failure),
+            (signals.task_postrun, self.on_postrun),
+            (signals.task_revoked, self.on_revoked),
+            (signals.task_unknown, self.on_unknown),
+            (signals.worker_init, self.on_worker_init),
+            (signals.worker_ready, self.on_worker_ready),
+            (signals.worker_shutting_down, self.on_worker_shutting_down),
+            (signals.worker_shutdown, self.on_worker_shutdown),
+            (signals.worker_process_shutdown, self.on_process_shutdown),
+            (signals.beat_init, self.on_beat_init),
+        ):
+            signal.connect(handler, weak=False, dispatch_uid=f"{uid}-{signal.name}")
+
+    def _ours(self, task: Any) -> bool:
+        return getattr(task, "app", self.celery_app) is self.celery_app
+
+    def _emit(self, type: str, **fields: Any) -> None:
+        if self._node is not None:
+            fields.setdefault("worker", self._node)
+        self.recorder.emit(type, **fields)
+
+    def _max_attempts(self, task: Any) -> int | None:
+        max_retries = getattr(task, "max_retries", None)
+        return None if max_retries is None else int(max_retries) + 1
+
+    # --- producer -----------------------------------------------------------------------------
+
+    def on_publish(self, sender: Any = None, body: Any = None, routing_key: Any = None,
+                   headers: Any = None, **kw: Any) -> None:
+        """Stamp enqueue time and correlation id into the headers, and report the enqueue."""
+        with swallow_errors("celery.before_task_publish"):
+            if not isinstance(headers, dict) or "id" not in headers:
+                return  # protocol 1 messages carry no headers to stamp
+            job_id = headers["id"]
+            current = _current_job.get()
+            retry_of_current = current is not None and current[0] == job_id
+            enqueued_at = headers.get(HEADER_ENQUEUED_AT)
+            if enqueued_at is None:
+                enqueued_at = (current[2] if retry_of_current and current[2] else None) or time.time()
+                headers[HEADER_ENQUEUED_AT] = enqueued_at
+            corr = headers.get(HEADER_CORRELATION)
+            if corr is None:
+                corr = current[1] if current is not None else uuid.uuid4().hex
+                headers[HEADER_CORRELATION] = corr
+            name = headers.get("task") or sender
+            args = body[0] if isinstance(body, (tuple, list)) and len(body) >= 2 else None
+            kwargs = body[1] if isinstance(body, (tuple, list)) and len(body) >= 2 else None
+            self._emit(
+                EventType.JOB_ENQUEUED,
+                job_id=job_id,
+                task=name,
+                queue=routing_key or None,
+                attempt=int(headers.get("retries") or 0) + 1,
+                max_attempts=self._max_attempts(self.celery_app.tasks.get(name)),
+                enqueued_at=_ts(enqueued_at),
+                eta=_ts(headers.get("eta")),
+                payload_bytes=self._body_size(body),
+                correlation_id=corr,
+                args_raw=args,
+                kwargs_raw=kwargs,
+                beat=True if headers.get("celery_beat_task") else None,
+                **trace_fields(),
+            )
+
+    def _body_size(self, body: Any) -> int | None:
+        """Size of the body as serialised for the broker (Celery serialises after this signal)."""
+        try:
+            from kombu.serialization import dumps
+
+            return len(dumps(body, serializer=self.celery_app.conf.task_serializer)[2])
+        except Exception:
+            return None
+
+    # --- worker main process ------------------------------------------------------------------
+
+    def on_received(self, sender: Any = None, request: Any = None, **kw: Any) -> None:
+        """Remember attempt and queue: the main process's hard-time-limit path has no context."""
+        with swallow_errors("celery.task_received"):
+            received = self._received
+            if len(received) >= _MAX_TRACKED:
+                received.pop(next(iter(received)))
+            info = request.delivery_info or {}
+            received[request.id] = (int(request.request_dict.get("retries") or 0) + 1,
+                                    info.get("routing_key"))
+
+    def on_worker_init(self, sender: Any = None, **kw: Any) -> None:
+        """Fix the node's worker id and a failure counter before pool children fork."""
+        with swallow_errors("celery.worker_init"):
+            import multiprocessing
+
+            self._node = self.recorder.worker
+            self._failed_count = multiprocessing.Value("q", 0)
+
+    def on_worker_ready(self, sender: Any = None, **kw: Any) -> None:
+        """Announce the worker with its pool settings and start its heartbeat thread."""
+        with swallow_errors("celery.worker_ready"):
+            if self._node is None:
+                self._node = self.recorder.worker
+            consumer = sender
+            conf = self.celery_app.conf
+            pool = consumer.pool
+            try:
+                queues = [q.name for q in consumer.task_consumer.queues]
+            except Exception:
+                queues = list(self.celery_app.amqp.queues.consume_from or {})
+            self._concurrency = getattr(pool, "limit", None)
+            self._emit(
+                EventType.WORKER_ONLINE,
+                concurrency=self._concurrency,
+                queues=queues,
+                pool=_pool_name(pool),
+                prefetch_multiplier=conf.worker_prefetch_multiplier,
+                prefetch=getattr(consumer, "initial_prefetch_count", None),
+                node=getattr(consumer, "hostname", None),
+                acks_late=conf.task_acks_late,
+                time_limit=conf.task_time_limit,
+                soft_time_limit=conf.task_soft_time_limit,
+            )
+            self._heartbeat = Heartbeat(self.recorder, extra=self._heartbeat_fields, **self._hb_kwargs)
+            self._heartbeat.start()
+
+    def _heartbeat_fields(self) -> dict[str, Any]:
+        """Counters from the main process's view (pool children keep no shared counters)."""
+        from celery.worker import state
+
+        active = len(state.active_requests)
+        counter = self._failed_count
+        return {
+            "worker": self._node,
+            "inflight": active,
+            "reserved": len(state.reserved_requests),
+            "processed": max(0, state.all_total_count[0] - active),
+            "failed": counter.value if counter is not None else self.recorder.failed,
+            "concurrency": getattr(self, "_concurrency", None),
+        }
+
+    def on_worker_shutting_down(self, sender: Any = None, **kw: Any) -> None:
+        """Note the jobs still running when a shutdown began."""
+        with swallow_errors("celery.worker_shutting_down"):
+            from celery.worker import state
+
+            self._inflight_at_shutdown = len(state.active_requests)
+
+    def on_worker_shutdown(self, sender: Any = None, **kw: Any) -> None:
+        """Report a graceful stop, stop the heartbeat and flush within a deadline."""
+        with swallow_errors("celery.worker_shutdown"):
+            from celery.worker import state
+
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
+            inflight = len(state.active_requests)
+            self._emit(EventType.WORKER_OFFLINE, inflight=inflight,
+                       inflight_at_shutdown=self._inflight_at_shutdown)
+            self.recorder.emitter.flush(2.0)
+
+    def on_process_shutdown(self, sender: Any = None, **kw: Any) -> None:
+        """Flush a pool child's events: billiard children leave with os._exit and skip atexit."""
+        with swallow_errors("celery.worker_process_shutdown"):
+            self.recorder.emitter.flush(1.0)
+
+    def on_revoked(self, sender: Any = None, request: Any = None, terminated: bool = False,
+                   signum: Any = None, expired: bool = False, **kw: Any) -> None:
+        """Report a revoked, terminated or expired job as cancelled."""
+        with swallow_errors("celery.task_revoked"):
+            if not self._ours(sender):
+                return
+            job_id = request.id
+            received = self._received.pop(job_id, None)
+            reason = "expired" if expired else ("terminated" if terminated else "revoked")
+            info = getattr(request, "delivery_info", None) or {}
+            self._emit(
+                EventType.JOB_CANCELLED,
+                job_id=job_id,
+                task=getattr(sender, "name", None),
+                queue=info.get("routing_key") or (received[1] if received else None),
+                attempt=int(getattr(request, "retries", 0) or 0) + 1,
+                max_attempts=self._max_attempts(sender),
+                reason=reason,
+                signum=str(signum) if signum is not None else None,
+                correlation_id=getattr(request, HEADER_CORRELATION, None),
+            )
+
+    def on_unknown(self, sender: Any = None, message: Any = None, exc: Any = None, name: Any = None,
+                   id: Any = None, **kw: Any) -> None:
+        """A message for a task this worker does not know: it is dropped, so it is a final failure."""
+        with swallow_errors("celery.task_unknown"):
+            if id is None:
+                return
+            self._count_failure()
+            self._emit(EventType.JOB_FAILED, job_id=str(id), task=name, final=True, attempt=1,
+                       **failure_fields(exc))
+
+    # --- pool child / thread ------------------------------------------------------------------
+
+    def on_prerun(self, sender: Any = None, task_id: Any = None, task: Any = None, args: Any = None,
+                  kwargs: Any = None, **kw: Any) -> None:
+        """Report the attempt as started and start its clocks."""
+        with swallow_errors("celery.task_prerun"):
+            if task is None or not self._ours(task):
+                return
+            req = task.request
+            corr = getattr(req, HEADER_CORRELATION, None) or task_id
+            enqueued_at = _ts(getattr(req, HEADER_ENQUEUED_AT, None))
+            info = req.delivery_info or {}
+            state = _Running(
+                t0=time.perf_counter(), cpu0=time.thread_time(),
+                attempt=int(req.retries or 0) + 1, max_attempts=self._max_attempts(task),
+                queue=info.get("routing_key"), enqueued_at=enqueued_at, corr=corr,
+                token=_current_job.set((task_id, corr, enqueued_at)),
+            )
+            running = self._running
+            if len(running) >= _MAX_TRACKED:
+                running.clear()
+            running[task_id] = state
+            self._emit(
+                EventType.JOB_STARTED,
+                job_id=task_id,
+                task=task.name,
+                queue=state.queue,
+                attempt=state.attempt,
+                max_attempts=state.max_attempts,
+                enqueued_at=enqueued_at,
+                eta=_ts(req.eta),
+                correlation_id=corr,
+                args_raw=args,
+                kwargs_raw=kwargs,
+                **trace_fields(),
+            )
+
+    def _attempt_fields(self, task_id: str, task: Any) -> dict[str, Any]:
+        """Identity and timings of an attempt, from the running state when this thread ran it."""
+        state = self._running.get(task_id)
+        fields: dict[str, Any] = {"job_id": task_id, "task": getattr(task, "name", None)}
+        if state is not None:
+            fields.update(
+                queue=state.queue, attempt=state.attempt, max_attempts=state.max_attempts,
+                enqueued_at=state.enqueued_at, correlation_id=state.corr,
+                duration_ms=round((time.perf_counter() - state.t0) * 1000.0, 3),
+                cpu_ms=round((time.thread_time() - state.cpu0) * 1000.0, 3),
+            )
+        return fields
+
+    def on_success(self, sender: Any = None, result: Any = None, **kw: Any) -> None:
+        """Report the attempt as succeeded."""
+        with swallow_errors("celery.task_success"):
+            if sender is None or not self._ours(sender):
+                return
+            self._emit(EventType.JOB_SUCCEEDED, **self._attempt_fields(sender.request.id, sender))
+
+    def on_retry(self, sender: Any = None, request: Any = None, reason: Any = None, einfo: Any = None,
+                 **kw: Any) -> None:
+        """Report a failed attempt that Celery has already re-published with its countdown."""
+        with swallow_errors("celery.task_retry"):
+            if sender is None or not self._ours(sender):
+                return
+            fields = self._attempt_fields(request.id, sender)
+            exc = getattr(reason, "exc", None) or reason
+            fields.update(failure_fields(exc))
+            when = getattr(reason, "when", None)
+            if isinstance(when, (int, float)):
+                fields["retry_in_s"] = float(when)
+            elif isinstance(when, datetime):
+                fields["retry_in_s"] = round(_ts(when) - time.time(), 3)  # type: ignore[operator]
+            self._count_failure()
+            self._emit(EventType.JOB_FAILED, final=False, **fields)
+
+    def on_failure(self, sender: Any = None, task_id: Any = None, exception: Any = None, args: Any = None,
+                   kwargs: Any = None, traceback: Any = None, einfo: Any = None, **kw: Any) -> None:
+        """Report a final failure (Celery retries only through Retry), once per job."""
+        with swallow_errors("celery.task_failure"):
+            if sender is None or task_id is None or not self._ours(sender):
+                return
+            if not self._first_failure(task_id):
+                return  # a hard time limit reports twice in the main process
+            fields = self._attempt_fields(task_id, sender)
+            if "attempt" not in fields:
+                # Main process (hard limit, lost child): the request context, or what task_received saw.
+                req = sender.request
+                received = self._received.pop(task_id, None)
+                if getattr(req, "id", None) == task_id:
+                    info = req.delivery_info or {}
+                    fields.update(attempt=int(req.retries or 0) + 1, queue=info.get("routing_key"),
+                                  correlation_id=getattr(req, HEADER_CORRELATION, None))
+                elif received is not None:
+                    fields.update(attempt=received[0], queue=received[1])
+                fields["max_attempts"] = self._max_attempts(sender)
+            if isinstance(traceback, str):
+                fields.update(failure_fields(exception, text=traceback))
+            else:
+                fields.update(failure_fields(exception, tb=traceback))
+            limit = _time_limit_message(exception, sender)
+            if limit is not None:
+                fields["exc_message"], fields["time_limit_s"] = limit
+            fields["payload"] = {
+                "task": sender.name,
+                "args": list(args) if args is not None else [],
+                "kwargs": dict(kwargs) if kwargs else {},
+                "queue": fields.get("queue"),
+                "options": {"task_id": task_id},
+            }
+            self._count_failure()
+            self._emit(EventType.JOB_FAILED, final=True, **fields)
+
+    def on_postrun(self, sender: Any = None, task_id: Any = None, **kw: Any) -> None:
+        """Forget the attempt and leave the job's context."""
+        with swallow_errors("celery.task_postrun"):
+            state = self._running.pop(task_id, None)
+            if state is not None and state.token is not None:
+                try:
+                    _current_job.reset(state.token)
+                except ValueError:
+                    _current_job.set(None)
+
+    def _first_failure(self, task_id: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            seen = self._failed_recently
+            if now - seen.get(task_id, -1e9) < 60.0:
+                return False
+            if len(seen) >= 1000:
+                for key in [k for k, t in seen.items() if now - t >= 60.0]:
+                    del seen[key]
+            seen[task_id] = now
+            return True
+
+    def _count_failure(self) -> None:
+        counter = self._failed_count
+        if counter is None:
+            self.recorder.failed += 1
+            return
+        with counter.get_lock():
+            counter.value += 1
+
+    # --- beat ---------------------------------------------------------------------------------
+
+    def on_beat_init(self, sender: Any = None, **kw: Any) -> None:
+        """Register every schedule, wrap the scheduler's apply_async and start scheduler heartbeats."""
+        with swallow_errors("celery.beat_init"):
+            scheduler = sender.scheduler
+            rec = self.recorder
+            for entry in list(scheduler.schedule.values()):
+                rec.emit(EventType.SCHEDULE_REGISTERED, scheduler=rec.worker, **_entry_fields(entry, self))
+            original = scheduler.apply_async
+            if not getattr(original, "_flowerbed", False):
+                scheduler.apply_async = self._wrap_apply_async(original)
+            self._heartbeat = Heartbeat(
+                rec, extra=lambda: {"scheduler": rec.worker}, type=EventType.SCHEDULER_HEARTBEAT,
+                **self._hb_kwargs,
+            )
+            self._heartbeat.beat()
+            self._heartbeat.start()
+
+    def _wrap_apply_async(self, original: Any) -> Any:
+        rec = self.recorder
+
+        def apply_async(entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
+            slot = None
+            with swallow_errors("celery.beat.slot"):
+                slot = _due(entry)
+            result = original(entry, producer=producer, advance=advance, **kwargs)
+            with swallow_errors("celery.beat.fired"):
+                rec.emit(EventType.SCHEDULE_FIRED, schedule=entry.name, task=entry.task, slot=slot,
+                         scheduler=rec.worker, job_id=getattr(result, "id", None))
+            return result
+
+        apply_async._flowerbed = True  # type: ignore[attr-defined]
+        return apply_async
+
+
+def _due(entry: Any) -> float | None:
+    """The time the entry was due: now plus the (possibly negative) remaining estimate."""
+    schedule = entry.schedule
+    now = schedule.maybe_make_aware(schedule.now())
+    remaining = schedule.remaining_estimate(entry.last_run_at)
+    if not isinstance(remaining, timedelta):
+        return None
+    return (now + remaining).timestamp()
+
+
+def _entry_fields(entry: Any, collector: CeleryCollector) -> dict[str, Any]:
+    """Name, task and spec of one beat entry: crontab → cron string, schedule → interval."""
+    schedule = entry.schedule
+    fields: dict[str, Any] = {"schedule": entry.name, "task": entry.task}
+    if hasattr(schedule, "_orig_minute"):
+        fields["cron"] = " ".join(str(getattr(schedule, f"_orig_{part}")) for part in (
+            "minute", "hour", "day_of_month", "month_of_year", "day_of_week"))
+    elif isinstance(getattr(schedule, "run_every", None), timedelta):
+        fields["interval_s"] = schedule.run_every.total_seconds()
+    else:
+        fields["spec"] = repr(schedule)
+    tz = getattr(schedule, "tz", None) or collector.celery_app.conf.timezone or "UTC"
+    fields["timezone"] = str(getattr(tz, "key", tz))
+    return fields
+
+
+def _time_limit_message(exc: Any, task: Any) -> tuple[str, float | None] | None:
+    """A message naming the time limit a failure hit, and the limit in seconds."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        req = getattr(task, "request", None)
+        limits = getattr(req, "timelimit", None) or (None, None)
+        limit = limits[1] or getattr(task, "soft_time_limit", None) or task.app.conf.task_soft_time_limit
+        return f"soft time limit ({limit} s) exceeded", float(limit) if limit else None
+    if isinstance(exc, TimeLimitExceeded):
+        limit = exc.args[0] if exc.args else None
+        return f"hard time limit ({limit} s) exceeded", float(limit) if limit else None
+    return None
+
+
+def install(
+    celery_app: Any,
+    app: str | None = None,
+    *,
+    redis_url: str | None = None,
+    stream: str | None = None,
+    capture_args: bool | None = None,
+    redact: Any = None,
+    heartbeat_interval: float | None = None,
+) -> CeleryCollector:
+    """Connect Flowerbed's signal receivers for ``celery_app`` (producers, workers and beat)."""
+    existing = getattr(celery_app, "_flowerbed_collector", None)
+    if existing is not None:
+        return existing
+    config = CollectorConfig.resolve(
+        app=app, redis_url=redis_url, stream=stream, capture_args=capture_args, redact=redact
+    )
+    collector = CeleryCollector(celery_app, config, heartbeat_interval)
+    collector.connect()
+    celery_app._flowerbed_collector = collector
+    return collector

@@ -1,0 +1,473 @@
+"""Taskiq collector: one middleware for workers, producers and the scheduler process.
+
+Install it the way Taskiq adds middleware, in every process that imports the broker::
+
+    broker.add_middlewares(collectors.taskiq.Collector(app="shop"))
+
+and, for schedule events, build the scheduler with the instrumented subclass::
+
+    scheduler = collectors.taskiq.InstrumentedScheduler(broker, sources=[LabelScheduleSource(broker), ...])
+
+Taskiq has no retry hook: a retry middleware re-sends the message with the same task id from
+inside ``on_error``, so a send of a running task's id (or ``NoResultError`` in ``post_execute``)
+marks the attempt as retrying; any other error is final. Enqueue time and correlation id travel
+as labels stamped in ``pre_send``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+try:
+    from taskiq import TaskiqMiddleware, TaskiqScheduler
+    from taskiq.exceptions import NoResultError
+except ImportError as exc:  # pragma: no cover - depends on the user's environment
+    raise ImportError(
+        "collectors.taskiq needs Taskiq in this environment: pip install taskiq"
+    ) from exc
+
+from .config import CollectorConfig
+from .events import EventType
+from .runtime import Heartbeat, LoopLagMonitor, Recorder, failure_fields, swallow_errors, trace_fields
+
+__all__ = ["Collector", "InstrumentedScheduler"]
+
+LIB = "taskiq"
+#: Label carrying the unix time the job was first enqueued (Taskiq messages have none).
+LABEL_ENQUEUED_AT = "fb_enqueued_at"
+#: Label carrying the correlation id from producer to job.
+LABEL_CORRELATION = "fb_correlation_id"
+#: Labels that describe one delivery, not the job: left out of a requeue payload.
+_DELIVERY_LABELS = frozenset({"_retries", "schedule_id", "delay", LABEL_ENQUEUED_AT})
+#: Bound on per-task bookkeeping, so hooks another middleware skipped cannot grow it forever.
+_MAX_TRACKED = 10_000
+
+#: (job_id, correlation_id) of the job running in this context: jobs it enqueues inherit it.
+_current_job: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "flowerbed_taskiq_job", default=None
+)
+#: Set by InstrumentedScheduler.on_ready so post_send can report which job a fire enqueued.
+_firing: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "flowerbed_taskiq_fire", default=None
+)
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _worker_args() -> Any:
+    """The ``taskiq worker`` command line of this process (it lives on the Receiver, not the broker)."""
+    try:
+        from taskiq.cli.worker.args import WorkerArgs
+
+        argv = list(sys.argv)
+        rest = argv[argv.index("worker") + 1:] if "worker" in argv else argv[1:]
+        return WorkerArgs.from_cli(rest)
+    except BaseException:  # argparse exits on what it cannot parse
+        return None
+
+
+class _Running:
+    """What a worker remembers about one attempt between pre_execute and post_execute."""
+
+    __slots__ = ("t0", "cpu0", "seq", "alone", "attempt", "max_attempts", "queue", "token", "corr",
+                 "enqueued_at")
+
+    def __init__(self, **kw: Any) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+class _SizingFormatter:
+    """Wraps the broker's formatter to note each message's encoded size without encoding it twice."""
+
+    def __init__(self, inner: Any, sizes: dict[str, int]) -> None:
+        self.inner = inner
+        self.sizes = sizes
+
+    def dumps(self, message: Any) -> Any:
+        out = self.inner.dumps(message)
+        try:
+            if len(self.sizes) < _MAX_TRACKED:
+                self.sizes[message.task_id] = len(out.message)
+        except Exception:
+            pass
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class Collector(TaskiqMiddleware):
+    """Reports Taskiq jobs, workers and scheduler liveness to Flowerbed; never changes an outcome."""
+
+    def __init__(
+        self,
+        app: str | None = None,
+        *,
+        redis_url: str | None = None,
+        stream: str | None = None,
+        capture_args: bool | None = None,
+        redact: Any = None,
+        heartbeat_interval: float | None = None,
+    ) -> None:
+        super().__init__()
+        config = CollectorConfig.resolve(
+            app=app, redis_url=redis_url, stream=stream, capture_args=capture_args, redact=redact
+        )
+        self.recorder = Recorder(LIB, config)
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat: Heartbeat | None = None
+        self._lag = LoopLagMonitor()
+        self._running: dict[str, _Running] = {}
+        self._errors: dict[str, BaseException] = {}
+        self._retry_delays: dict[str, float | None] = {}
+        self._sizes: dict[str, int] = {}
+        self._seq = 0
+        self._concurrency: int | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Announce a worker (or start scheduler heartbeats) when the broker starts."""
+        with swallow_errors("taskiq.startup"):
+            broker = self.broker
+            if broker.is_worker_process:
+                self._worker_online()
+            elif broker.is_scheduler_process:
+                rec = self.recorder
+                self._start_heartbeat(Heartbeat(
+                    rec, extra=lambda: {"scheduler": rec.worker},
+                    type=EventType.SCHEDULER_HEARTBEAT, **self._hb_kwargs(),
+                ))
+
+    async def shutdown(self) -> None:
+        """Report a graceful worker stop and flush, since pool processes skip atexit."""
+        with swallow_errors("taskiq.shutdown"):
+            rec = self.recorder
+            if self.broker.is_worker_process:
+                rec.emit(EventType.WORKER_OFFLINE, inflight=rec.inflight, processed=rec.processed,
+                         failed=rec.failed)
+            if self._heartbeat is not None:
+                self._heartbeat.stop()
+                self._heartbeat = None
+            self._lag.stop()
+            import asyncio
+
+            await asyncio.get_running_loop().run_in_executor(None, rec.emitter.flush, 2.0)
+
+    def _hb_kwargs(self) -> dict[str, Any]:
+        return {} if self._heartbeat_interval is None else {"interval": self._heartbeat_interval}
+
+    def _start_heartbeat(self, heartbeat: Heartbeat) -> None:
+        self._heartbeat = heartbeat
+        heartbeat.beat()
+        heartbeat.start()
+
+    def _worker_online(self) -> None:
+        args = _worker_args()
+        settings: dict[str, Any] = {}
+        if args is not None:
+            self._concurrency = args.max_async_tasks
+            settings = {
+                "processes": args.workers,
+                "max_prefetch": args.max_prefetch,
+                "ack_type": str(getattr(args.ack_type, "value", args.ack_type)),
+                "max_threadpool_threads": args.max_threadpool_threads,
+                "max_tasks_per_child": args.max_tasks_per_child,
+            }
+        broker = self.broker
+        queue = getattr(broker, "queue_name", None)
+        self._lag.start()
+        self.recorder.emit(
+            EventType.WORKER_ONLINE,
+            concurrency=self._concurrency,
+            queues=[queue] if queue else None,
+            broker=type(broker).__name__,
+            **settings,
+        )
+        lag = self._lag
+        self._start_heartbeat(Heartbeat(
+            self.recorder,
+            extra=lambda: {"loop_lag_ms": lag.take(), "concurrency": self._concurrency},
+            **self._hb_kwargs(),
+        ))
+
+    # --- producer side ------------------------------------------------------------------------
+
+    def pre_send(self, message: Any) -> Any:
+        """Stamp enqueue time and correlation id as labels; they reach the worker."""
+        with swallow_errors("taskiq.pre_send"):
+            labels = message.labels
+            if LABEL_ENQUEUED_AT not in labels:
+                labels[LABEL_ENQUEUED_AT] = f"{time.time():.6f}"
+            if LABEL_CORRELATION not in labels:
+                current = _current_job.get()
+                labels[LABEL_CORRELATION] = current[1] if current else uuid.uuid4().hex
+            task_id = message.task_id
+            if task_id in self._running and "_retries" in labels:
+                # A retry middleware is re-sending the running attempt: remember the chosen delay.
+                self._retry_delays[task_id] = _float(labels.get("delay"))
+            formatter = self.broker.formatter
+            if not isinstance(formatter, _SizingFormatter):
+                self.broker.formatter = _SizingFormatter(formatter, self._sizes)
+        return message
+
+    def post_send(self, message: Any) -> None:
+        """Report the job as enqueued (first send, retry or scheduler fire)."""
+        with swallow_errors("taskiq.post_send"):
+            labels = message.labels
+            task_id = message.task_id
+            fire = _firing.get()
+            if fire is not None and "job_id" not in fire:
+                fire["job_id"] = task_id
+            self.recorder.emit(
+                EventType.JOB_ENQUEUED,
+                job_id=task_id,
+                task=message.task_name,
+                queue=self._queue(labels),
+                attempt=_int(labels.get("_retries"), 0) + 1,
+                max_attempts=self._max_attempts(labels),
+                enqueued_at=_float(labels.get(LABEL_ENQUEUED_AT)),
+                payload_bytes=self._sizes.pop(task_id, None),
+                correlation_id=labels.get(LABEL_CORRELATION),
+                args_raw=message.args,
+                kwargs_raw=message.kwargs,
+                schedule_id=labels.get("schedule_id"),
+                **trace_fields(),
+            )
+
+    # --- worker side --------------------------------------------------------------------------
+
+    def pre_execute(self, message: Any) -> Any:
+        """Report the attempt as started and start its clocks."""
+        with swallow_errors("taskiq.pre_execute"):
+            labels = message.labels
+            rec = self.recorder
+            rec.inflight += 1
+            self._seq += 1
+            corr = labels.get(LABEL_CORRELATION) or message.task_id
+            state = _Running(
+                t0=time.perf_counter(), cpu0=time.process_time(), seq=self._seq,
+                alone=rec.inflight == 1, attempt=_int(labels.get("_retries"), 0) + 1,
+                max_attempts=self._max_attempts(labels), queue=self._queue(labels),
+                token=_current_job.set((message.task_id, str(corr))), corr=corr,
+                enqueued_at=_float(labels.get(LABEL_ENQUEUED_AT)),
+            )
+            if len(self._running) >= _MAX_TRACKED:
+                self._running.clear()
+            self._running[message.task_id] = state
+            rec.emit(
+                EventType.JOB_STARTED,
+                job_id=message.task_id,
+                task=message.task_name,
+                queue=state.queue,
+                attempt=state.attempt,
+                max_attempts=state.max_attempts,
+                enqueued_at=state.enqueued_at,
+                correlation_id=corr,
+                args_raw=message.args,
+                kwargs_raw=message.kwargs,
+                **trace_fields(),
+            )
+        return message
+
+    def on_error(self, message: Any, result: Any, exception: BaseException) -> None:
+        """Keep the real exception: a retry middleware replaces it with NoResultError."""
+        with swallow_errors("taskiq.on_error"):
+            if len(self._errors) >= _MAX_TRACKED:
+                self._errors.clear()
+            self._errors[message.task_id] = exception
+
+    def post_execute(self, message: Any, result: Any) -> None:
+        """Report the attempt's outcome: succeeded, retrying or finally failed."""
+        with swallow_errors("taskiq.post_execute"):
+            task_id = message.task_id
+            rec = self.recorder
+            state = self._running.pop(task_id, None)
+            exc = self._errors.pop(task_id, None)
+            retry_delay = self._retry_delays.pop(task_id, _NO_RETRY)
+            rec.inflight = max(0, rec.inflight - 1)
+            rec.processed += 1
+            fields: dict[str, Any] = {
+                "job_id": task_id,
+                "task": message.task_name,
+                "correlation_id": message.labels.get(LABEL_CORRELATION),
+            }
+            if state is not None:
+                if state.token is not None:
+                    try:
+                        _current_job.reset(state.token)
+                    except ValueError:  # another context: nothing to undo here
+                        pass
+                fields["queue"] = state.queue
+                fields["attempt"] = state.attempt
+                fields["max_attempts"] = state.max_attempts
+                fields["enqueued_at"] = state.enqueued_at
+                fields["duration_ms"] = round((time.perf_counter() - state.t0) * 1000.0, 3)
+                if state.alone and state.seq == self._seq and rec.inflight == 0:
+                    # CPU time is per process: only attributable when no other job overlapped.
+                    fields["cpu_ms"] = round((time.process_time() - state.cpu0) * 1000.0, 3)
+            error = result.error if result.is_err else None
+            if error is None or isinstance(exc, NoResultError):
+                rec.emit(EventType.JOB_SUCCEEDED, **fields)
+                return
+            rec.failed += 1
+            exc = exc or error
+            retrying = retry_delay is not _NO_RETRY or isinstance(error, NoResultError)
+            fields.update(failure_fields(exc))
+            timeout = _float(message.labels.get("timeout"))
+            if timeout is not None and isinstance(exc, TimeoutError):
+                fields["exc_message"] = f"time limit exceeded: timeout label of {timeout:g} s"
+                fields["time_limit_s"] = timeout
+            fields["final"] = not retrying
+            if retrying:
+                fields["retry_in_s"] = None if retry_delay is _NO_RETRY else retry_delay
+            else:
+                fields["payload"] = self._payload(message, fields.get("queue"))
+            rec.emit(EventType.JOB_FAILED, **fields)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _queue(self, labels: dict[str, Any]) -> str | None:
+        return labels.get("queue_name") or getattr(self.broker, "queue_name", None)
+
+    def _max_attempts(self, labels: dict[str, Any]) -> int | None:
+        """Attempts the retry policy allows: Taskiq's ``max_retries`` counts attempts, not retries."""
+        for mw in self.broker.middlewares:
+            if hasattr(mw, "default_retry_count") and hasattr(mw, "default_retry_label"):
+                enabled = labels.get("retry_on_error")
+                if isinstance(enabled, str):
+                    enabled = enabled.lower() == "true"
+                if enabled is None:
+                    enabled = mw.default_retry_label
+                if not enabled:
+                    return 1
+                return max(1, _int(labels.get("max_retries", mw.default_retry_count), 1))
+        return 1
+
+    def _payload(self, message: Any, queue: str | None) -> dict[str, Any]:
+        """What ``AsyncKicker(task, broker, labels).with_task_id(id).kiq(*args, **kwargs)`` needs."""
+        labels = {k: v for k, v in message.labels.items() if k not in _DELIVERY_LABELS}
+        return {
+            "task": message.task_name,
+            "args": list(message.args),
+            "kwargs": dict(message.kwargs),
+            "queue": queue,
+            "options": {"labels": labels, "task_id": message.task_id},
+        }
+
+
+_NO_RETRY: Any = object()
+
+
+class InstrumentedScheduler(TaskiqScheduler):
+    """A TaskiqScheduler that reports its schedules at start and every fire with its slot."""
+
+    def __init__(self, broker: Any, sources: list[Any], **collector_options: Any) -> None:
+        super().__init__(broker, sources)
+        found = [m for m in broker.middlewares if isinstance(m, Collector)]
+        if found:
+            self.collector = found[0]
+        else:
+            self.collector = Collector(**collector_options)
+            broker.add_middlewares(self.collector)
+        self._registered: set[str] = set()
+
+    async def startup(self) -> None:
+        """Start the broker (and sources, started by the CLI before us), then register schedules."""
+        await super().startup()
+        with swallow_errors("taskiq.scheduler.startup"):
+            for source in self.sources:
+                try:
+                    schedules = await source.get_schedules()
+                except Exception:
+                    continue
+                for task in schedules:
+                    self._register(source, task)
+
+    async def on_ready(self, source: Any, task: Any) -> None:
+        """Enqueue through Taskiq's own path, then report the fire and the job it enqueued."""
+        fire: dict[str, Any] = {}
+        slot = None
+        name = None
+        with swallow_errors("taskiq.scheduler.on_ready"):
+            if task.cron is not None or task.interval is not None:
+                name = self._register(source, task)
+                slot = _slot(task, time.time())
+        token = _firing.set(fire)
+        try:
+            await super().on_ready(source, task)
+        finally:
+            _firing.reset(token)
+        with swallow_errors("taskiq.scheduler.fired"):
+            if name is not None and "job_id" in fire:
+                rec = self.collector.recorder
+                rec.emit(EventType.SCHEDULE_FIRED, schedule=name, task=task.task_name, slot=slot,
+                         scheduler=rec.worker, job_id=fire["job_id"])
+
+    def _register(self, source: Any, task: Any) -> str | None:
+        """Report a recurring schedule once per scheduler process; one-off ``time`` schedules are jobs."""
+        if task.cron is None and task.interval is None:
+            return None
+        name = _schedule_name(source, task)
+        if name in self._registered:
+            return name
+        self._registered.add(name)
+        interval = task.interval
+        if isinstance(interval, timedelta):
+            interval = interval.total_seconds()
+        offset = task.cron_offset
+        rec = self.collector.recorder
+        rec.emit(
+            EventType.SCHEDULE_REGISTERED,
+            schedule=name,
+            task=task.task_name,
+            cron=task.cron,
+            interval_s=float(interval) if interval is not None else None,
+            timezone=offset if isinstance(offset, str) else "UTC",
+            cron_offset_s=offset.total_seconds() if isinstance(offset, timedelta) else None,
+            source=type(source).__name__,
+            scheduler=rec.worker,
+        )
+        return name
+
+
+def _schedule_name(source: Any, task: Any) -> str:
+    """A name stable across restarts: LabelScheduleSource invents a new schedule_id on every start."""
+    if type(source).__name__ != "LabelScheduleSource":
+        return str(task.schedule_id)
+    registered = getattr(source, "broker", None)
+    decorated = registered.find_task(task.task_name) if registered is not None else None
+    explicit = {s.get("schedule_id") for s in (decorated.labels.get("schedule") or [])} if decorated else set()
+    if task.schedule_id in explicit:
+        return str(task.schedule_id)
+    spec = task.cron if task.cron is not None else f"every {task.interval}"
+    return f"{task.task_name} [{spec}]"
+
+
+def _slot(task: Any, now: float) -> float:
+    """The unix time this fire was due for: cron matches whole minutes, the loop ticks whole seconds."""
+    if task.cron is not None:
+        shift = task.cron_offset.total_seconds() if isinstance(task.cron_offset, timedelta) else 0.0
+        return float((int(now + shift) // 60) * 60 - shift)
+    if task.time is not None and task.interval is None:
+        when: datetime = task.time
+        return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+    return float(int(now))

@@ -1,0 +1,1 @@
+"""``flowerbed bench``: measures this deployment's ingest (and, later, page) speed."""

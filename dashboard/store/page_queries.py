@@ -1,0 +1,350 @@
+"""Aggregates for the overview and workers pages, read from the rollups so charts never scan ``jobs``.
+
+Short windows read ``rollup_minute`` (PK lib, app, task, outcome, minute) one PK range per series;
+the series present are found in ``rollup_hour`` (PK outcome, hour, …), which is a cheap range too.
+Long windows read ``rollup_hour`` directly. Percentiles come from the duration histogram buckets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import and_, func, select, text, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .tables import BUCKET_COLUMNS, DURATION_BUCKETS_MS, jobs, rollup_hour, rollup_minute, schedules, workers
+
+__all__ = [
+    "WINDOWS",
+    "Window",
+    "window_for",
+    "percentile",
+    "overview",
+    "swimlanes",
+    "lost_worker_jobs",
+]
+
+#: Overview windows: name → (seconds, chart bin seconds).
+WINDOWS: dict[str, tuple[int, int]] = {
+    "15m": (900, 60),
+    "1h": (3600, 60),
+    "24h": (86400, 3600),
+    "7d": (604800, 3600 * 4),
+}
+
+#: Outcomes that end an attempt (``wait`` is queue wait, not an attempt).
+ATTEMPT_OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "retried", "cancelled", "lost")
+#: Attempt outcomes that count as failures in the failure rate.
+FAILED_OUTCOMES: tuple[str, ...] = ("failed", "retried", "lost")
+#: Job states counted live from the jobs index (not windowed).
+LIVE_STATES: tuple[str, ...] = ("queued", "running", "retrying")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The time span an overview covers, and how its charts are binned."""
+
+    name: str
+    since: float
+    until: float
+    bin_s: int
+
+    @property
+    def minutes(self) -> bool:
+        """True when the window is short enough to read the minute rollup."""
+        return self.until - self.since <= 6 * 3600
+
+
+def window_for(name: str | None, now: float | None = None, since: float | None = None,
+               until: float | None = None) -> Window:
+    """Resolve a window name (default 1h), or explicit since/until, into a :class:`Window`."""
+    now = time.time() if now is None else now
+    if since is not None:
+        until = now if until is None else until
+        span = max(60.0, until - since)
+        bin_s = 60 if span <= 6 * 3600 else 3600 if span <= 3 * 86400 else 4 * 3600
+        return Window("custom", since, until, bin_s)
+    key = name if name in WINDOWS else "1h"
+    seconds, bin_s = WINDOWS[key]
+    # Charts end at the current bin so the newest bar is the one still filling.
+    end = (int(now) // bin_s + 1) * bin_s
+    return Window(key, end - seconds, end, bin_s)
+
+
+def percentile(buckets: Sequence[int], q: float, max_ms: float | None = None) -> float | None:
+    """The q-quantile (0–1) of a duration histogram, interpolated inside its bucket."""
+    total = sum(buckets)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0.0
+    for i, count in enumerate(buckets):
+        if count and seen + count >= rank:
+            lower = float(DURATION_BUCKETS_MS[i - 1]) if i > 0 else 0.0
+            if i < len(DURATION_BUCKETS_MS):
+                upper = float(DURATION_BUCKETS_MS[i])
+            else:
+                upper = max(lower, max_ms or lower * 2)
+            if max_ms is not None:
+                upper = min(upper, max(lower, max_ms))
+            return lower + (upper - lower) * ((rank - seen) / count)
+        seen += count
+    return float(max_ms) if max_ms is not None else None
+
+
+def _sum_cols(table: Any) -> list[Any]:
+    return [func.sum(table.c[b]).label(b) for b in BUCKET_COLUMNS]
+
+
+async def _series(conn: AsyncConnection, window: Window, outcomes: Iterable[str],
+                  lib: str | None, app: str | None) -> list[tuple[str, str, str, str]]:
+    """The (lib, app, task, outcome) series with data in the window, found through the hour rollup."""
+    h0 = int(window.since) // 3600 * 3600
+    conds = [rollup_hour.c.outcome.in_(tuple(outcomes)), rollup_hour.c.hour >= h0, rollup_hour.c.hour < window.until]
+    if lib:
+        conds.append(rollup_hour.c.lib == lib)
+    if app:
+        conds.append(rollup_hour.c.app == app)
+    stmt = select(rollup_hour.c.lib, rollup_hour.c.app, rollup_hour.c.task, rollup_hour.c.outcome).where(
+        and_(*conds)).distinct()
+    return [tuple(r) for r in await conn.execute(stmt)]  # type: ignore[misc]
+
+
+async def _rollup_rows(conn: AsyncConnection, window: Window, outcomes: tuple[str, ...],
+                       lib: str | None, app: str | None) -> list[dict[str, Any]]:
+    """Rollup rows of the window (per series and period), from the minute or the hour table."""
+    if window.minutes:
+        series = await _series(conn, window, outcomes, lib, app)
+        if not series:
+            return []
+        t = rollup_minute
+        cols = [t.c.minute.label("t"), t.c.lib, t.c.app, t.c.task, t.c.outcome, t.c.n, t.c.sum_ms, t.c.max_ms,
+                *(t.c[b] for b in BUCKET_COLUMNS)]
+        out: list[dict[str, Any]] = []
+        # One PK-range lookup per series; chunks keep the statement's parameter count modest.
+        for i in range(0, len(series), 200):
+            chunk = series[i:i + 200]
+            stmt = select(*cols).where(
+                tuple_(t.c.lib, t.c.app, t.c.task, t.c.outcome).in_(chunk),
+                t.c.minute >= int(window.since), t.c.minute < window.until,
+            )
+            out.extend(dict(r._mapping) for r in await conn.execute(stmt))
+        return out
+    t = rollup_hour
+    conds = [t.c.outcome.in_(outcomes), t.c.hour >= int(window.since) // 3600 * 3600, t.c.hour < window.until]
+    if lib:
+        conds.append(t.c.lib == lib)
+    if app:
+        conds.append(t.c.app == app)
+    cols = [t.c.hour.label("t"), t.c.lib, t.c.app, t.c.task, t.c.outcome, t.c.n, t.c.sum_ms, t.c.max_ms,
+            *(t.c[b] for b in BUCKET_COLUMNS)]
+    return [dict(r._mapping) for r in await conn.execute(select(*cols).where(and_(*conds)))]
+
+
+def _empty_agg() -> dict[str, Any]:
+    return {"n": 0, "sum_ms": 0.0, "max_ms": 0.0, "buckets": [0] * len(BUCKET_COLUMNS)}
+
+
+def _add(agg: dict[str, Any], row: dict[str, Any]) -> None:
+    agg["n"] += row["n"]
+    agg["sum_ms"] += row["sum_ms"] or 0.0
+    agg["max_ms"] = max(agg["max_ms"], row["max_ms"] or 0.0)
+    buckets = agg["buckets"]
+    for i, b in enumerate(BUCKET_COLUMNS):
+        buckets[i] += row[b] or 0
+
+
+def _stats(agg: dict[str, Any]) -> dict[str, Any]:
+    n = agg["n"]
+    return {
+        "n": n,
+        "mean_ms": (agg["sum_ms"] / n) if n else None,
+        "max_ms": agg["max_ms"] if n else None,
+        "p50_ms": percentile(agg["buckets"], 0.50, agg["max_ms"]),
+        "p95_ms": percentile(agg["buckets"], 0.95, agg["max_ms"]),
+    }
+
+
+async def _live_counts(conn: AsyncConnection, lib: str | None, app: str | None) -> dict[str, int]:
+    """Jobs in a non-final state right now, plus the DLQ (failed jobs), counted on the state index."""
+    out: dict[str, int] = {}
+    for state in (*LIVE_STATES, "failed"):
+        conds = [jobs.c.state == state]
+        if lib:
+            conds.append(jobs.c.lib == lib)
+        if app:
+            conds.append(jobs.c.app == app)
+        out[state] = int((await conn.execute(select(func.count()).where(and_(*conds)))).scalar() or 0)
+    return out
+
+
+async def _workers_online(conn: AsyncConnection, now: float, lost_after_s: float,
+                          lib: str | None, app: str | None) -> dict[tuple[str, str], dict[str, int]]:
+    stmt = select(workers.c.lib, workers.c.app, workers.c.state, workers.c.last_seen_at, workers.c.concurrency,
+                  workers.c.inflight)
+    if lib:
+        stmt = stmt.where(workers.c.lib == lib)
+    if app:
+        stmt = stmt.where(workers.c.app == app)
+    out: dict[tuple[str, str], dict[str, int]] = {}
+    for w in await conn.execute(stmt):
+        slot = out.setdefault((w.lib, w.app), {"online": 0, "lost": 0, "concurrency": 0, "inflight": 0})
+        if w.state == "online" and now - w.last_seen_at <= lost_after_s:
+            slot["online"] += 1
+            slot["concurrency"] += w.concurrency or 0
+            slot["inflight"] += w.inflight or 0
+        elif w.state == "online":
+            slot["lost"] += 1
+    return out
+
+
+async def _schedule_health(conn: AsyncConnection, now: float, lib: str | None, app: str | None) -> list[dict[str, Any]]:
+    """Interval schedules that have not fired for two intervals (a cheap stand-in for the schedules page)."""
+    stmt = select(schedules.c.lib, schedules.c.app, schedules.c.name, schedules.c.task, schedules.c.interval_s,
+                  schedules.c.cron, schedules.c.last_fired_at)
+    if lib:
+        stmt = stmt.where(schedules.c.lib == lib)
+    if app:
+        stmt = stmt.where(schedules.c.app == app)
+    out = []
+    for s in await conn.execute(stmt):
+        if s.interval_s and s.last_fired_at and now - s.last_fired_at > 2 * s.interval_s + 30:
+            out.append({**dict(s._mapping), "health": "late", "late_s": now - s.last_fired_at - s.interval_s})
+    return out
+
+
+async def overview(conn: AsyncConnection, window: Window, *, lib: str | None = None, app: str | None = None,
+                   now: float | None = None, lost_after_s: float = 30.0, top: int = 8) -> dict[str, Any]:
+    """Everything the overview shows (and /api/stats returns) for one window."""
+    now = time.time() if now is None else now
+    rows = await _rollup_rows(conn, window, (*ATTEMPT_OUTCOMES, "wait"), lib, app)
+    nbins = max(1, int((window.until - window.since) // window.bin_s))
+    bins = [{"t": window.since + i * window.bin_s, **{o: 0 for o in ATTEMPT_OUTCOMES}} for i in range(nbins)]
+    counts = {o: 0 for o in ATTEMPT_OUTCOMES}
+    durations = _empty_agg()
+    wait = _empty_agg()
+    per_task: dict[tuple[str, str, str], dict[str, Any]] = {}
+    per_app: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        outcome = r["outcome"]
+        if outcome == "wait":
+            _add(wait, r)
+            continue
+        counts[outcome] = counts.get(outcome, 0) + r["n"]
+        idx = int((r["t"] - window.since) // window.bin_s)
+        if 0 <= idx < nbins:
+            bins[idx][outcome] += r["n"]
+        if outcome != "cancelled":
+            _add(durations, r)
+        task = per_task.setdefault((r["lib"], r["app"], r["task"]), {"dur": _empty_agg(), **{o: 0 for o in ATTEMPT_OUTCOMES}})
+        task[outcome] += r["n"]
+        if outcome != "cancelled":
+            _add(task["dur"], r)
+        la = per_app.setdefault((r["lib"], r["app"]), {"dur": _empty_agg(), **{o: 0 for o in ATTEMPT_OUTCOMES}})
+        la[outcome] += r["n"]
+        if outcome != "cancelled":
+            _add(la["dur"], r)
+
+    attempts = sum(counts.values())
+    failures = sum(counts[o] for o in FAILED_OUTCOMES)
+    for b in bins:
+        total = sum(b[o] for o in ATTEMPT_OUTCOMES)
+        b["total"] = total
+        b["failure_rate"] = (sum(b[o] for o in FAILED_OUTCOMES) / total) if total else None
+
+    tasks = []
+    for (t_lib, t_app, t_task), agg in per_task.items():
+        total = sum(agg[o] for o in ATTEMPT_OUTCOMES)
+        fails = sum(agg[o] for o in FAILED_OUTCOMES)
+        tasks.append({"lib": t_lib, "app": t_app, "task": t_task, "attempts": total, "failures": fails,
+                      "failed": agg["failed"], "retried": agg["retried"],
+                      "failure_rate": fails / total if total else None, **_stats(agg["dur"])})
+    slowest = sorted((t for t in tasks if t["p95_ms"] is not None), key=lambda t: -t["p95_ms"])[:top]
+    failing = sorted((t for t in tasks if t["failures"]), key=lambda t: (-t["failures"], t["task"]))[:top]
+
+    live = await _live_counts(conn, lib, app)
+    online = await _workers_online(conn, now, lost_after_s, lib, app)
+    apps = []
+    for key in sorted(set(per_app) | set(online)):
+        agg = per_app.get(key) or {"dur": _empty_agg(), **{o: 0 for o in ATTEMPT_OUTCOMES}}
+        total = sum(agg[o] for o in ATTEMPT_OUTCOMES)
+        fails = sum(agg[o] for o in FAILED_OUTCOMES)
+        w = online.get(key, {"online": 0, "lost": 0, "concurrency": 0, "inflight": 0})
+        apps.append({"lib": key[0], "app": key[1], "attempts": total, "failures": fails,
+                     "failure_rate": fails / total if total else None,
+                     **{o: agg[o] for o in ATTEMPT_OUTCOMES}, **_stats(agg["dur"]),
+                     "workers_online": w["online"], "workers_lost": w["lost"],
+                     "concurrency": w["concurrency"], "inflight": w["inflight"]})
+    libs: dict[str, dict[str, Any]] = {}
+    for a in apps:
+        agg_lib = libs.setdefault(a["lib"], {"lib": a["lib"], "apps": 0, "attempts": 0, "failures": 0,
+                                             "workers_online": 0, **{o: 0 for o in ATTEMPT_OUTCOMES}})
+        agg_lib["apps"] += 1
+        for k in ("attempts", "failures", "workers_online", *ATTEMPT_OUTCOMES):
+            agg_lib[k] += a[k]
+    for agg_lib in libs.values():
+        agg_lib["failure_rate"] = agg_lib["failures"] / agg_lib["attempts"] if agg_lib["attempts"] else None
+
+    return {
+        "window": window,
+        "counts": {**counts, **{s: live[s] for s in LIVE_STATES}},
+        "attempts": attempts,
+        "failure_rate": failures / attempts if attempts else None,
+        "throughput_per_min": attempts / max(1.0, (min(now, window.until) - window.since) / 60),
+        "duration": _stats(durations),
+        "wait": _stats(wait),
+        "bins": bins,
+        "libs": sorted(libs.values(), key=lambda x: x["lib"]),
+        "apps": apps,
+        "slowest": slowest,
+        "failing": failing,
+        "workers_online": sum(w["online"] for w in online.values()),
+        "workers_lost": sum(w["lost"] for w in online.values()),
+        "dlq": live["failed"],
+        "unhealthy_schedules": await _schedule_health(conn, now, lib, app),
+    }
+
+
+async def swimlanes(conn: AsyncConnection, names: Sequence[str], since: float, until: float,
+                    limit: int = 3000) -> dict[str, list[dict[str, Any]]]:
+    """The jobs each named worker ran in [since, until), newest first, for the workers timeline."""
+    if not names:
+        return {}
+    # jobs_created is the only time index; a job that started in the window was created before its end.
+    stmt = select(jobs.c.id, jobs.c.lib, jobs.c.app, jobs.c.job_id, jobs.c.task, jobs.c.state, jobs.c.worker,
+                  jobs.c.started_at, jobs.c.finished_at, jobs.c.duration_ms, jobs.c.attempt).where(
+        jobs.c.created_at >= since - 3600, jobs.c.created_at < until,
+        jobs.c.worker.in_(tuple(names)),
+    ).order_by(jobs.c.created_at.desc()).limit(limit)
+    out: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for r in await conn.execute(stmt):
+        if r.started_at is None:
+            continue
+        end = r.finished_at if r.finished_at is not None else until
+        if end < since or r.started_at >= until:
+            continue
+        out.setdefault(r.worker, []).append(dict(r._mapping))
+    return out
+
+
+async def lost_worker_jobs(conn: AsyncConnection, names: Sequence[str], limit: int = 200) -> list[dict[str, Any]]:
+    """Jobs that were running (or were marked lost) on the given lost workers."""
+    if not names:
+        return []
+    stmt = select(jobs.c.id, jobs.c.lib, jobs.c.app, jobs.c.job_id, jobs.c.task, jobs.c.state, jobs.c.worker,
+                  jobs.c.started_at, jobs.c.attempt).where(
+        jobs.c.state.in_(("running", "lost")), jobs.c.worker.in_(tuple(names)),
+    ).order_by(jobs.c.id.desc()).limit(limit)
+    return [dict(r._mapping) for r in await conn.execute(stmt)]
+
+
+async def newest_job_id(conn: AsyncConnection) -> int:
+    """The highest job id (the live jobs list asks for rows above it)."""
+    return int((await conn.execute(select(func.max(jobs.c.id)))).scalar() or 0)
+
+
+async def sqlite_version(conn: AsyncConnection) -> str:
+    """The SQLite library version (row-value IN needs 3.15)."""
+    return str((await conn.execute(text("select sqlite_version()"))).scalar())

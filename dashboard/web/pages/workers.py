@@ -1,0 +1,75 @@
+"""The workers page (/workers): every worker's state and load, a swimlane of what ran where, lost work."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ...store import page_queries, queries
+from .render import render
+
+__all__ = ["worker_list", "lanes"]
+
+#: Swimlane spans offered: name → seconds.
+SPANS: dict[str, int] = {"5m": 300, "15m": 900, "1h": 3600}
+#: At most this many lanes are drawn (online and lost workers first).
+MAX_LANES = 60
+
+
+def lanes(workers: list[dict[str, Any]], runs: dict[str, list[dict[str, Any]]], since: float,
+          until: float) -> list[dict[str, Any]]:
+    """Bars (left/width in % of the span) per worker for the swimlane timeline."""
+    span = max(1.0, until - since)
+    out = []
+    for w in workers:
+        bars = []
+        for j in runs.get(w["worker"], []):
+            start = max(j["started_at"], since)
+            end = min(j["finished_at"] if j["finished_at"] is not None else until, until)
+            left = (start - since) * 100 / span
+            bars.append({"job": j, "left": round(left, 3), "width": round(max(0.25, (end - start) * 100 / span), 3)})
+        out.append({"worker": w, "bars": bars})
+    return out
+
+
+async def worker_list(request: Request) -> Response:
+    """GET /workers: the table, the swimlanes over ``span`` (5m, 15m, 1h) and lost workers' jobs."""
+    params = request.query_params
+    settings = request.app.state.settings
+    now = time.time()
+    span_name = params.get("span") if params.get("span") in SPANS else "15m"
+    lib = (params.get("lib") or "").strip() or None
+    app = (params.get("app") or "").strip() or None
+    only = (params.get("worker") or "").strip() or None
+    since, until = now - SPANS[span_name], now
+    async with request.app.state.engine.connect() as conn:
+        rows = await queries.list_workers(conn, now, settings.lost_after_s, lib=lib, app=app)
+        if only:
+            rows = [w for w in rows if w["worker"] == only]
+        order = {"online": 0, "lost": 1, "offline": 2}
+        rows.sort(key=lambda w: (order.get(w["state"], 3), w["lib"], w["app"], w["worker"]))
+        shown = [w for w in rows if w["state"] != "offline" or (w.get("stopped_at") or 0) >= since][:MAX_LANES]
+        runs = await page_queries.swimlanes(conn, [w["worker"] for w in shown], since, until)
+        lost = [w for w in rows if w["state"] == "lost"]
+        lost_jobs = await page_queries.lost_worker_jobs(conn, [w["worker"] for w in lost])
+    counts = {s: sum(1 for w in rows if w["state"] == s) for s in ("online", "lost", "offline")}
+    context = {
+        "page": "workers",
+        "workers": rows,
+        "counts": counts,
+        "lanes": lanes(shown, runs, since, until),
+        "lost": lost,
+        "lost_jobs": lost_jobs,
+        "span": span_name,
+        "spans": list(SPANS),
+        "since": since,
+        "until": until,
+        "params": {k: v for k, v in (("lib", lib), ("app", app), ("worker", only), ("span", span_name)) if v},
+        "lost_after_s": settings.lost_after_s,
+        "now": now,
+        "live_topics": "workers,jobs",
+    }
+    return render(request, "pages/workers.html", context, blocks={"workers-main": "main"})

@@ -1,0 +1,200 @@
+"""collectors.taskiq against real `taskiq worker` and `taskiq scheduler` processes (taskiq 0.13 env)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import redis
+
+from tests.conftest import REDIS_URL, ROOT
+from tests.libenvs import ensure_env
+
+pytestmark = pytest.mark.libenv
+
+APP = "tests.collectors.apps.taskiq_app"
+MOD = "tests.collectors.apps.taskiq_app:"
+
+
+class TaskiqLab:
+    """One test's Taskiq world: a private prefix (queue, result and schedule keys), stream and processes."""
+
+    def __init__(self, bindir: Path, stream: str, tmp_path: Path) -> None:
+        self.bindir = bindir
+        self.stream = stream
+        self.tmp_path = tmp_path
+        self.prefix = f"fbtq{uuid.uuid4().hex[:10]}"
+        self.redis = redis.Redis.from_url(REDIS_URL)
+        self.env = {
+            **os.environ,
+            "FBTEST_PREFIX": self.prefix,
+            "FLOWERBED_STREAM": stream,
+            "FLOWERBED_REDIS_URL": REDIS_URL,
+            "FLOWERBED_APP": "tqtest",
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp_path / f"taskiq-{len(self.procs)}.log", "wb")
+        proc = subprocess.Popen([str(self.bindir / "taskiq"), *args], cwd=ROOT, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def client(self, *names: str) -> dict[str, str]:
+        out = subprocess.run([str(self.bindir / "python"), "-m", "tests.collectors.apps.taskiq_client", *names],
+                             cwd=ROOT, env=self.env, capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr.decode()
+        return json.loads(out.stdout.decode().strip().splitlines()[-1])
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(fields[b"e"]) for _, fields in self.redis.xrange(self.stream)]
+
+    def wait(self, check: Callable[[list[dict[str, Any]]], Any], timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Poll the stream until ``check(events)`` is truthy."""
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.events()
+            if check(events):
+                return events
+            if time.monotonic() > deadline:
+                logs = "\n".join(p.read_text()[-3000:] for p in sorted(self.tmp_path.glob("taskiq-*.log")))
+                raise AssertionError(f"timed out; {len(events)} events: {events[-10:]}\n{logs}")
+            time.sleep(0.1)
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> int:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        return proc.returncode
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        keys = list(self.redis.scan_iter(f"{self.prefix}*"))
+        if keys:
+            self.redis.delete(*keys)
+        self.redis.close()
+
+
+def of(events: list[dict[str, Any]], type: str, **match: Any) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == type and all(e.get(k) == v for k, v in match.items())]
+
+
+@pytest.fixture(scope="module")
+def taskiq_bin() -> Path:
+    return ensure_env("taskiq")
+
+
+@pytest.fixture
+def lab(taskiq_bin: Path, stream_name: str, tmp_path: Path) -> Iterator[TaskiqLab]:
+    lab = TaskiqLab(taskiq_bin, stream_name, tmp_path)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+JOBS = ("ok", "ok_sync", "flaky", "always_fails", "no_retry_fail", "too_slow", "blocks_loop", "parent")
+
+
+def test_worker_jobs_reach_the_dashboard(lab: TaskiqLab, flowerbed_server: Callable[..., Any]) -> None:
+    server = flowerbed_server(lab.stream)
+    worker = lab.spawn("worker", f"{APP}:broker", "--workers", "1", "--max-async-tasks", "7")
+    lab.wait(lambda ev: of(ev, "worker-online"))  # the stream consumer group starts at "$"
+    ids = lab.client(*JOBS)
+
+    def settled(ev: list[dict[str, Any]]) -> bool:
+        done = {e["job_id"] for e in ev if e["type"] == "job-succeeded" or (e["type"] == "job-failed" and e["final"])}
+        return set(ids.values()) <= done and len(of(ev, "job-succeeded", task=MOD + "ok")) == 2
+
+    events = lab.wait(settled)
+
+    def job(name: str) -> dict[str, Any]:
+        return server.get_json(f"/api/jobs/taskiq/tqtest/{ids[name]}")
+
+    try:
+        server.wait_for(lambda: job("always_fails")["state"] == "failed" and job("flaky")["state"] == "succeeded")
+    except AssertionError:
+        raise AssertionError(f"status: {server.get_json('/api/status')}") from None
+    assert job("ok")["state"] == "succeeded" and job("ok")["task"] == MOD + "ok"
+    assert job("ok")["queue"] == f"{lab.prefix}:queue"
+    assert job("ok")["duration_ms"] is not None
+    assert "[redacted]" in job("ok_sync")["args"] and "hunter2" not in job("ok_sync")["args"]
+
+    flaky = job("flaky")
+    assert flaky["attempt"] == 2 and flaky["max_attempts"] == 3
+    assert [a["outcome"] for a in flaky["attempts"]][:1] != ["succeeded"]
+
+    dead = job("always_fails")
+    assert (dead["attempt"], dead["max_attempts"], dead["exc_type"]) == (2, 2, "ValueError")
+    assert dead["exc_message"] == "always broken" and len(dead["attempts"]) == 2
+
+    assert job("no_retry_fail")["state"] == "failed" and job("no_retry_fail")["exc_type"] == "KeyError"
+    slow = job("too_slow")
+    assert slow["state"] == "failed" and "timeout" in slow["exc_message"]
+
+    listed = server.get_json("/api/jobs?lib=taskiq&limit=100")["items"]
+    assert {j["job_id"] for j in listed} >= set(ids.values())
+
+    # What only the raw events show: retry delay, final payload, correlation, loop lag, chaining.
+    first = of(events, "job-failed", job_id=ids["flaky"])[0]
+    assert first["final"] is False and first["retry_in_s"] == 0.2 and first["exc_type"] == "ConnectionError"
+    final = of(events, "job-failed", job_id=ids["always_fails"], final=True)[0]
+    assert final["payload"]["task"] == MOD + "always_fails" and "traceback" in final
+    enq = of(events, "job-enqueued", job_id=ids["ok"])[0]
+    assert enq["payload_bytes"] > 100 and enq["enqueued_at"] <= enq["ts"]
+    parent = of(events, "job-started", job_id=ids["parent"])[0]
+    child = [e for e in of(events, "job-enqueued", task=MOD + "ok") if e["job_id"] != ids["ok"]][0]
+    assert child["correlation_id"] == parent["correlation_id"]
+    assert int(lab.redis.get(f"{lab.prefix}:user-mw") or 0) >= len(JOBS)  # the user's middleware still ran
+    lab.wait(lambda ev: any((e.get("loop_lag_ms") or 0) > 100 for e in of(ev, "worker-heartbeat")), timeout=10)
+
+    workers = server.get_json("/api/workers")["items"]
+    mine = [w for w in workers if w["lib"] == "taskiq" and w["state"] == "online"]
+    assert mine and mine[0]["concurrency"] == 7
+
+    assert lab.stop(worker) == 0
+    lab.wait(lambda ev: of(ev, "worker-offline"))
+    server.wait_for(lambda: all(w["state"] == "offline" for w in server.get_json("/api/workers")["items"]
+                                if w["lib"] == "taskiq"))
+
+
+def test_scheduler_reports_schedules_and_fires(lab: TaskiqLab, flowerbed_server: Callable[..., Any]) -> None:
+    server = flowerbed_server(lab.stream)
+    ids = lab.client("redis-schedule")
+    scheduler = lab.spawn("scheduler", f"{APP}:scheduler")
+    tick, redis_name = f"{lab.prefix}-tick", ids["redis-schedule"]
+    events = lab.wait(lambda ev: len(of(ev, "schedule-fired", schedule=tick)) >= 2
+                      and len(of(ev, "schedule-fired", schedule=redis_name)) >= 2, timeout=20)
+    registered = {e["schedule"]: e for e in of(events, "schedule-registered")}
+    assert registered[tick]["interval_s"] == 2.0 and registered[tick]["timezone"] == "UTC"
+    assert registered[redis_name]["source"] == "ListRedisScheduleSource"
+    assert registered[f"{MOD}minutely [* * * * *]"]["cron"] == "* * * * *"
+
+    fires = of(events, "schedule-fired", schedule=tick)
+    assert fires[1]["slot"] - fires[0]["slot"] == 2.0 and all(f["slot"] % 1 == 0 for f in fires)
+    assert {f["scheduler"] for f in fires} == {registered[tick]["scheduler"]}
+    cron_fire = of(events, "schedule-fired", schedule=f"{MOD}minutely [* * * * *]")[0]
+    assert cron_fire["slot"] % 60 == 0
+    assert of(events, "scheduler-heartbeat")
+
+    # The jobs the scheduler enqueued are on the dashboard (no worker runs them: they stay queued).
+    job_id = fires[0]["job_id"]
+    job = server.wait_for(lambda: server.get_json(f"/api/jobs/taskiq/tqtest/{job_id}"))
+    assert job["state"] == "queued" and job["task"] == MOD + "tick"
+    assert lab.stop(scheduler) in (0, -signal.SIGTERM)
