@@ -102,15 +102,19 @@ def test_redis_outage_never_blocks_the_caller_and_sending_resumes(private_redis)
     assert [e["job_id"] for e in stream_events(stream, url)] == [f"job-{i}" for i in range(10)]
 
     stop()  # the private server keeps nothing on disk: it comes back empty
-    worst = 0.0
+    costs = []
     for i in range(10, 5010):
+        event = job_event(i)
         t0 = time.perf_counter()
-        emitter.emit(job_event(i))
-        worst = max(worst, time.perf_counter() - t0)
+        emitter.emit(event)
+        costs.append(time.perf_counter() - t0)
         if i % 500 == 0:
             time.sleep(0.02)  # let the background thread try (and fail) to send meanwhile
-    # A network attempt on the caller's thread would take a millisecond or more.
-    assert worst < 0.002, f"an emit() took {worst * 1e6:.0f} µs while Redis was down"
+    costs.sort()
+    # The typical emit is an append; the rare slow one waited for the GIL (a 5 ms switch
+    # interval), never for the network, which would cost a connect timeout (1 s).
+    assert costs[len(costs) // 2] < 20e-6, f"median emit {costs[len(costs) // 2] * 1e6:.1f} µs"
+    assert costs[-1] < 0.1, f"an emit() took {costs[-1] * 1e3:.1f} ms while Redis was down"
     assert emitter.dropped >= 5000 - 1000 - emitter.batch_size
     assert emitter.send_errors >= 1
 
@@ -175,3 +179,30 @@ def test_buffer_is_flushed_at_interpreter_exit(stream_name: str) -> None:
     """)
     subprocess.run([sys.executable, "-c", script], timeout=60, check=True)
     assert len(stream_events(stream_name)) == 3000
+
+
+def test_a_hung_redis_never_blocks_the_caller_or_the_exit() -> None:
+    """A server that accepts and never answers: the sender thread waits, the job does not."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    port = server.getsockname()[1]
+    try:
+        emitter = Emitter(f"redis://127.0.0.1:{port}/0", "fbtest:hung", maxlen=0, buffer_size=100,
+                          flush_interval=0.01)
+        slowest = 0.0
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            emitter.emit(job_event(0))
+            slowest = max(slowest, time.perf_counter() - t0)
+            time.sleep(0.001)
+        assert slowest < 0.1, f"an emit() took {slowest * 1e3:.1f} ms behind a hung Redis"
+        assert emitter.sent == 0 and emitter.dropped > 0
+        t0 = time.monotonic()
+        assert emitter.close(0.5) is False
+        assert time.monotonic() - t0 < 1.0  # the exit flush keeps its deadline
+    finally:
+        server.close()
