@@ -44,7 +44,9 @@ weekdays are cron's (0 = Sunday). arq matches day-of-month and weekday with AND,
 
 Enqueues (``job-enqueued``, with ``payload_bytes``, ``eta`` and the argument preview) are seen on pools
 passed to :func:`instrument_pool` and on every worker's own pool (cron fires, jobs enqueued by jobs).
-An enqueue that arq rejects because the job id exists sends nothing.
+An enqueue that arq rejects because the job id exists sends nothing. arq's messages carry nothing
+but the call, so a correlation id cannot travel with a job: a job enqueued by a running job reports
+the parent's job id as its ``correlation_id`` (one level), and top-level jobs have none.
 
 A final failure carries ``payload`` = ``{"function", "args", "kwargs", "queue_name", "job_id"}``: the
 arguments of ``ArqRedis.enqueue_job(function, *args, _job_id=job_id, _queue_name=queue_name,
@@ -292,6 +294,7 @@ class _Enqueue:
     kwargs: dict[str, Any]
     options: dict[str, Any]
     ts: float
+    parent: str | None = None
     schedule: str | None = None
     slot: float | None = None
 
@@ -306,9 +309,9 @@ class _Enqueues:
     def prepare(self, pool: Any, function: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Enqueue:
         options = {k: kwargs[k] for k in _ENQUEUE_OPTIONS if k in kwargs}
         job_kwargs = {k: v for k, v in kwargs.items() if k not in options}
-        call = _Enqueue(function, args, job_kwargs, options, time.time())
+        call = _Enqueue(function, args, job_kwargs, options, time.time(), parent=_current_job.get())
         state = self.state
-        if state is not None and _current_job.get() is None:
+        if state is not None and call.parent is None:
             cron_job = state.crons.get(function)
             if cron_job is not None and cron_job.next_run is not None:
                 # run_cron calls enqueue_job before it advances next_run: this is the slot being fired.
@@ -343,6 +346,7 @@ class _Enqueues:
             kwargs_raw=call.kwargs,
             payload_bytes=_serialized_size(pool, call),
             schedule=call.schedule,
+            correlation_id=call.parent,
             **fields,
             **trace_fields(),
         )
@@ -552,16 +556,33 @@ class _WorkerState:
             arq_worker = _import_arq()
             w = self.worker
             if isinstance(exc, arq_worker.Retry) and w.retry_jobs:
-                retry_in = (exc.defer_score or 0) / 1000.0
-                self._finish(run, EventType.JOB_FAILED, False, final=False, retry_in_s=retry_in,
-                             **failure_fields(exc))
+                self._retrying(run, (exc.defer_score or 0) / 1000.0, **failure_fields(exc))
             elif isinstance(exc, asyncio.CancelledError):
                 self._cancelled(run, exc)
             elif isinstance(exc, arq_worker.RetryJob) and w.retry_jobs:
-                self._finish(run, EventType.JOB_FAILED, False, final=False, retry_in_s=0.0, **failure_fields(exc))
+                self._retrying(run, 0.0, **failure_fields(exc))
             else:
                 self._finish(run, EventType.JOB_FAILED, False, final=True, payload=_payload(self, run),
                              **failure_fields(exc))
+
+    def _retrying(self, run: _Run, retry_in: float, **failure: Any) -> None:
+        """A failed attempt that arq will pick up again: this attempt failed, the next one is queued.
+
+        arq keeps the same queue entry (re-scored ``retry_in`` s ahead) and counts the pickup as the next
+        try, even the one that only finds ``max_tries`` exhausted.
+        """
+        self._finish(run, EventType.JOB_FAILED, False, final=False, retry_in_s=retry_in, **failure)
+        self.recorder.emit(
+            EventType.JOB_ENQUEUED,
+            job_id=run.job_id,
+            task=run.spec.name,
+            queue=self.worker.queue_name,
+            attempt=run.attempt + 1,
+            max_attempts=run.max_attempts,
+            eta=time.time() + retry_in,
+            retry_in_s=retry_in,
+            schedule=run.spec.name if run.spec.cron else None,
+        )
 
     def _cancelled(self, run: _Run, exc: BaseException) -> None:
         w = self.worker
@@ -579,7 +600,7 @@ class _WorkerState:
         elif w.retry_jobs:
             info = failure_fields(exc)
             info["exc_message"] = "cancelled by worker shutdown; arq will run it again"
-            self._finish(run, EventType.JOB_FAILED, False, final=False, reason="shutdown", retry_in_s=0.0, **info)
+            self._retrying(run, 0.0, reason="shutdown", **info)
         else:
             info = failure_fields(exc)
             info["exc_message"] = "cancelled by worker shutdown (retry_jobs is off)"

@@ -26,6 +26,9 @@ TimeLimit's ``TimeLimitExceeded`` is a failure whose message names the limit (``
 the message, so it carries the payload too), ``"skipped"`` for any other middleware (periodiq's stale
 fires), named in ``exc_message``.
 
+Every message gets the option ``fb_correlation_id`` as it is enqueued (the running job's, so work a job
+starts shares its id; else a new one): it is the ``correlation_id`` of all of the job's events.
+
 Workers: ``worker-online`` (``threads``, ``processes`` from the dramatiq command line, ``prefetch``,
 ``delay_prefetch``, ``queues``) at ``before_worker_boot``, heartbeats from a daemon thread (so they
 stop when the process dies), ``worker-offline`` at ``after_worker_shutdown``.
@@ -45,6 +48,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -68,6 +72,9 @@ LIB = "dramatiq"
 
 _RESULT_PREVIEW_CHARS = 200
 
+#: Message option carrying the correlation id from a producer (or a parent job) to the job.
+OPTION_CORRELATION = "fb_correlation_id"
+
 
 @dataclasses.dataclass
 class _Attempt:
@@ -79,6 +86,7 @@ class _Attempt:
     attempt: int
     max_attempts: int | None
     started: bool
+    correlation: str | None = None
     t0: float = dataclasses.field(default_factory=time.monotonic)
     cpu0: float = dataclasses.field(default_factory=time.thread_time)
     outcome: str | None = None  # "ok" | "error" | "skip", once after_process/skip_message has run
@@ -123,6 +131,14 @@ class Collector(Middleware):
 
     # --- enqueues ------------------------------------------------------------------------------
 
+    def before_enqueue(self, broker: Any, message: Any, delay: int | None) -> None:
+        """Stamp the correlation id (the running job's, else a new one); options travel with the message."""
+        with swallow_errors("dramatiq before_enqueue"):
+            options = message.options
+            if OPTION_CORRELATION not in options:
+                run = self._runs.get(threading.get_ident())
+                options[OPTION_CORRELATION] = run.correlation if run is not None else uuid.uuid4().hex
+
     def after_enqueue(self, broker: Any, message: Any, delay: int | None) -> None:
         """A message reached the broker: a send, a retry (Retries' re-enqueue) or a periodiq fire."""
         with swallow_errors("dramatiq after_enqueue"):
@@ -137,6 +153,7 @@ class Collector(Middleware):
                 "enqueued_at": message.message_timestamp / 1000.0,
                 "eta": eta / 1000.0 if isinstance(eta, (int, float)) else None,
                 "payload_bytes": _encoded_size(message),
+                "correlation_id": options.get(OPTION_CORRELATION),
             }
             if run is not None and run.message_id == message.message_id and common["attempt"] > run.attempt:
                 # Retries putting the failed attempt back: it counted the attempt in options["retries"]
@@ -189,6 +206,7 @@ class Collector(Middleware):
                 kwargs_raw=message.kwargs,
                 schedule=schedule,
                 slot=slot,
+                correlation_id=run.correlation,
                 **trace_fields(),
             )
 
@@ -255,6 +273,7 @@ class Collector(Middleware):
             attempt=int(message.options.get("retries") or 0) + 1,
             max_attempts=_max_attempts(broker, message),
             started=started,
+            correlation=message.options.get(OPTION_CORRELATION) or message.message_id,
         )
         if keep:
             with self._lock:
@@ -294,6 +313,7 @@ class Collector(Middleware):
             "max_attempts": run.max_attempts,
             "duration_ms": run.duration_ms,
             "cpu_ms": run.cpu_ms,
+            "correlation_id": run.correlation,
         }
         if dead:
             fields["dead_letter_queue"] = xq_name(run.queue)

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from collectors.arq import cron_spec
+from collectors.events import validate
 from tests.conftest import REDIS_URL, ROOT
 from tests.libenvs import ensure_env
 
@@ -63,7 +64,7 @@ class ArqLab:
         return self.client("enqueue", [list(c) for c in calls])
 
     def events(self) -> list[dict[str, Any]]:
-        return [json.loads(fields[b"e"]) for _, fields in self.redis.xrange(self.stream)]
+        return [validate(json.loads(fields[b"e"])) for _, fields in self.redis.xrange(self.stream)]
 
     def wait(self, check: Callable[[list[dict[str, Any]]], Any], timeout: float = 30.0) -> list[dict[str, Any]]:
         """Poll the stream until ``check(events)`` is truthy; returns the events."""
@@ -195,6 +196,8 @@ def test_worker_reports_every_outcome(lab: ArqLab) -> None:
     # Retry then success: attempt 1 failed (not final, with arq's defer), attempt 2 succeeded.
     [f1] = of(events, "job-failed", job_id=flaky)
     assert (f1["attempt"], f1["final"], f1["retry_in_s"], f1["exc_type"]) == (1, False, 0.2, "arq.worker.Retry")
+    [requeued] = of(events, "job-enqueued", job_id=flaky, attempt=2)
+    assert requeued["retry_in_s"] == 0.2 and requeued["eta"] >= f1["ts"] + 0.19
     assert [e["attempt"] for e in of(events, "job-started", job_id=flaky)] == [1, 2]
     assert of(events, "job-succeeded", job_id=flaky)[0]["attempt"] == 2
 
@@ -212,6 +215,7 @@ def test_worker_reports_every_outcome(lab: ArqLab) -> None:
     assert last["reason"] == "max-tries" and last["exc_message"] == "max 2 retries exceeded"
     assert last["max_attempts"] == 2 and last["payload"]["function"] == "always_retry"
     assert len(of(events, "job-started", job_id=exhausted)) == 2
+    assert [e["attempt"] for e in of(events, "job-enqueued", job_id=exhausted)] == [1, 2, 3]
 
     # job_timeout: a final failure that names the limit, with where the job was when it was cut off.
     [t] = of(events, "job-failed", job_id=slow)
@@ -323,3 +327,38 @@ def test_cron_fires_once_per_slot_across_two_workers(lab: ArqLab) -> None:
         [s] = of(events, "job-started", job_id=job_id)
         assert s["schedule"] == "tick" and s["max_attempts"] == 1
     assert int(lab.redis.get(f"{lab.prefix}:ticks")) == len(ran)
+
+
+@pytest.mark.libenv
+@pytest.mark.slow
+def test_jobs_reach_the_dashboard(lab: ArqLab, flowerbed_server: Callable[..., Any]) -> None:
+    """Through a real ``flowerbed serve``: states, attempts, correlation, and a killed worker going lost."""
+    server = flowerbed_server(lab.stream, extra_env={"FLOWERBED_LOST_AFTER_S": "2"})
+    proc = lab.worker()
+    lab.wait(lambda ev: of(ev, "worker-online"))  # the consumer group reads from "$": start after it
+    ok, flaky, boom, exhausted, slow, parent = lab.enqueue(
+        ("ok", [21], {"password": "hunter2"}), ("flaky", ["k"], {}), ("boom", [7], {}),
+        ("always_retry", [], {}), ("too_slow", [5], {}), ("parent", [], {}),
+    )
+
+    def job(job_id: str) -> dict[str, Any]:
+        return server.get_json(f"/api/jobs/arq/arqtest/{job_id}")
+
+    finals = {ok: "succeeded", flaky: "succeeded", boom: "failed", exhausted: "failed", slow: "failed",
+              parent: "succeeded"}
+    server.wait_for(lambda: all(job(j)["state"] == s for j, s in finals.items()), timeout=40)
+    assert job(ok)["duration_ms"] is not None and "hunter2" not in job(ok)["args"]
+    assert (job(flaky)["attempt"], job(flaky)["max_attempts"]) == (2, 5)
+    dead = job(exhausted)
+    assert (dead["attempt"], dead["max_attempts"], dead["exc_message"]) == (3, 2, "max 2 retries exceeded")
+    assert "0.5 s" in job(slow)["exc_message"]
+    [child] = [e for e in of(lab.events(), "job-enqueued", task="ok") if e["job_id"] != ok]
+    assert child["correlation_id"] == parent and job(child["job_id"])["state"] == "succeeded"
+
+    [sleeper] = lab.enqueue(("sleepy", [60], {}))
+    lab.wait(lambda ev: of(ev, "job-started", job_id=sleeper))
+    server.wait_for(lambda: job(sleeper)["state"] == "running")
+    lab.stop(proc, signal.SIGKILL)
+    server.wait_for(lambda: [w["state"] for w in server.get_json("/api/workers?lib=arq")["items"]] == ["lost"],
+                    timeout=20)
+    assert job(sleeper)["state"] in ("running", "lost")  # "lost" once the dashboard folds it in

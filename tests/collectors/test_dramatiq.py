@@ -20,6 +20,7 @@ from typing import Any, Callable
 import pytest
 import redis
 
+from collectors.events import validate
 from tests.conftest import REDIS_URL, ROOT
 from tests.libenvs import ensure_env
 
@@ -76,7 +77,7 @@ class DramatiqLab:
         return self.client("send", [list(c) for c in calls])
 
     def events(self) -> list[dict[str, Any]]:
-        return [json.loads(fields[b"e"]) for _, fields in self.redis.xrange(self.stream)]
+        return [validate(json.loads(fields[b"e"])) for _, fields in self.redis.xrange(self.stream)]
 
     def wait(self, check: Callable[[list[dict[str, Any]]], Any], timeout: float = 40.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -271,3 +272,40 @@ def test_periodiq_schedules(make_lab: Callable[..., DramatiqLab]) -> None:
     assert skip["reason"] == "skipped" and skip["exc_message"] == "skipped by PeriodiqMiddleware"
     assert "payload" not in skip and "dead_letter_queue" not in skip
     assert len(of(events, "schedule-fired")) == 1  # the stale send is not a fire: it came from no periodiq
+
+
+def test_jobs_reach_the_dashboard(make_lab: Callable[..., DramatiqLab], flowerbed_server: Callable[..., Any]) -> None:
+    """Through a real ``flowerbed serve``: states, attempts, correlation, and a killed worker going lost."""
+    lab = make_lab()
+    server = flowerbed_server(lab.stream, extra_env={"FLOWERBED_LOST_AFTER_S": "2"})
+    lab.worker()
+    lab.wait(lambda ev: of(ev, "worker-online"))  # the consumer group reads from "$": start after it
+    ok, flaky, doomed, slow, parent = lab.send(
+        ("ok", [21], {"password": "hunter2"}, {}), ("flaky", ["k"], {}, {}), ("doomed", [3], {}, {}),
+        ("slow", [], {}, {}), ("parent", [], {}, {}),
+    )
+
+    def job(job_id: str) -> dict[str, Any]:
+        return server.get_json(f"/api/jobs/dramatiq/dqtest/{job_id}")
+
+    finals = {ok: "succeeded", flaky: "succeeded", doomed: "failed", slow: "failed", parent: "succeeded"}
+    server.wait_for(lambda: all(job(j)["state"] == s for j, s in finals.items()), timeout=40)
+    assert "hunter2" not in job(ok)["args"]
+    assert (job(flaky)["attempt"], job(flaky)["max_attempts"]) == (2, 4)
+    dead = job(doomed)
+    assert (dead["attempt"], dead["max_attempts"], dead["exc_type"]) == (3, 3, "ValueError")
+    assert [a["attempt"] for a in dead["attempts"]] == [1, 2, 3]
+    assert "500 ms" in job(slow)["exc_message"]
+    child = lab.redis.get(f"{lab.prefix}:child").decode()
+    assert job(child)["state"] == "succeeded"
+    events = lab.events()
+    assert of(events, "job-enqueued", job_id=child)[0]["correlation_id"] == \
+        of(events, "job-started", job_id=parent)[0]["correlation_id"]
+
+    [sleeper] = lab.send(("sleepy", [60], {}, {}))
+    [started] = of(lab.wait(lambda ev: of(ev, "job-started", job_id=sleeper)), "job-started", job_id=sleeper)
+    server.wait_for(lambda: job(sleeper)["state"] == "running")
+    os.kill(started["pid"], signal.SIGKILL)
+    server.wait_for(lambda: [w["state"] for w in server.get_json("/api/workers?lib=dramatiq")["items"]] == ["lost"],
+                    timeout=20)
+    assert job(sleeper)["state"] in ("running", "lost")  # "lost" once the dashboard folds it in

@@ -42,6 +42,11 @@ async def sleepy(ctx, seconds):
     return seconds
 
 
+async def parent(ctx):
+    child = await ctx["redis"].enqueue_job("ok", 1)
+    return child.job_id
+
+
 async def tick(ctx):
     _redis.incr(f"{PREFIX}:ticks")
 
@@ -66,6 +71,7 @@ class Settings:
         boom,
         sleepy,
         func(sleepy, name="too_slow", timeout=0.5),
+        parent,
     ]
     cron_jobs = (
         [cron(tick, name="tick", second=set(range(60)), microsecond=0)] if os.environ.get("FBTEST_CRON") else None

@@ -80,6 +80,11 @@ def sleepy(seconds):
     time.sleep(seconds)
 
 
+@dramatiq.actor(queue_name=QUEUE)
+def parent():
+    _redis.set(f"{PREFIX}:child", ok.send(1).message_id)
+
+
 @dramatiq.actor(queue_name=QUEUE, periodic=cron("* * * * *"))
 def every_minute():
     _redis.incr(f"{PREFIX}:fired")
