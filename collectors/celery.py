@@ -66,7 +66,8 @@ def _ts(value: Any) -> float | None:
 
 def _pool_name(pool: Any) -> str:
     """``prefork``, ``threads``, ``solo``, ``eventlet`` or ``gevent`` from the pool's module."""
-    return type(pool).__module__.rsplit(".", 1)[-1]
+    name = type(pool).__module__.rsplit(".", 1)[-1]
+    return "threads" if name == "thread" else name  # the -P spelling
 
 
 class _Running:

@@ -65,6 +65,8 @@ def _float(value: Any) -> float | None:
 
 
 def _int(value: Any, default: int = 0) -> int:
+    if value is None:
+        return default
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -141,6 +143,7 @@ class Collector(TaskiqMiddleware):
         self._sizes: dict[str, int] = {}
         self._seq = 0
         self._concurrency: int | None = None
+        self._retry_cache: tuple[Any, int, list[Any]] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -350,8 +353,7 @@ class Collector(TaskiqMiddleware):
 
     def _max_attempts(self, labels: dict[str, Any]) -> int | None:
         """Attempts the retry policy allows: Taskiq's ``max_retries`` counts attempts, not retries."""
-        for mw in self.broker.middlewares:
-            if hasattr(mw, "default_retry_count") and hasattr(mw, "default_retry_label"):
+        for mw in self._retry_middlewares():
                 enabled = labels.get("retry_on_error")
                 if isinstance(enabled, str):
                     enabled = enabled.lower() == "true"
@@ -361,6 +363,15 @@ class Collector(TaskiqMiddleware):
                     return 1
                 return max(1, _int(labels.get("max_retries", mw.default_retry_count), 1))
         return 1
+
+    def _retry_middlewares(self) -> list[Any]:
+        """The broker's retry middleware (Smart or Simple), looked up once per middleware list."""
+        mws = self.broker.middlewares
+        cached = self._retry_cache
+        if cached is None or cached[0] is not mws or cached[1] != len(mws):
+            found = [m for m in mws if hasattr(m, "default_retry_count") and hasattr(m, "default_retry_label")]
+            cached = self._retry_cache = (mws, len(mws), found[:1])
+        return cached[2]
 
     def _payload(self, message: Any, queue: str | None) -> dict[str, Any]:
         """What ``AsyncKicker(task, broker, labels).with_task_id(id).kiq(*args, **kwargs)`` needs."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from collectors.constants import DEFAULT_REDIS_URL, DEFAULT_STREAM
 

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-url", default=os.environ.get("FLOWERBED_REDIS_URL", DEFAULT_REDIS_URL))
     p.add_argument("--batch-size", type=int, default=20_000, help="events per transaction (default 20,000)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--rate", type=float, default=500.0,
+                   help="production rate the event times imitate, events/s (default 500): it sets how many "
+                        "rollup minutes a batch touches")
     return p
 
 
@@ -50,14 +53,14 @@ def _bar(label: str, done: int, total: int, started: float) -> None:
     sys.stderr.flush()
 
 
-def fill(redis_url: str, stream: str, n: int, seed: int = 42, progress: bool = True) -> int:
+def fill(redis_url: str, stream: str, n: int, seed: int = 42, progress: bool = True, rate: float = 500.0) -> int:
     """Put about ``n`` events on ``stream`` through the real emitter; returns how many entries it holds."""
     emitter = Emitter(redis_url, stream, maxlen=0, buffer_size=max(n * 2, 10_000), batch_size=2_000,
                       flush_interval=0.02)
     started = time.monotonic()
     count = 0
     try:
-        for event in events(n, seed=seed):
+        for event in events(n, seed=seed, span_s=n / rate):
             emitter.emit(event)
             count += 1
             if count % 20_000 == 0:
@@ -96,6 +99,18 @@ def _peak_rss(pids: list[int]) -> dict[int, int]:
                     if line.startswith("VmHWM:"):
                         out[pid] = int(line.split()[1]) * 1024
         except OSError:
+            pass
+    return out
+
+
+def _cpu_s(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
             pass
     return out
 
@@ -151,6 +166,7 @@ def measure(redis_url: str, stream: str, database_url: str, total: int, batch_si
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
     marks: list[tuple[float, int]] = []
     peaks: dict[int, int] = {}
+    cpu: dict[int, float] = {}
     first_ack = None
     try:
         while True:
@@ -167,6 +183,7 @@ def measure(redis_url: str, stream: str, database_url: str, total: int, batch_si
             pids = [proc.pid, *_children(proc.pid)]
             for pid, rss in _peak_rss(pids).items():
                 peaks[pid] = max(peaks.get(pid, 0), rss)
+            cpu.update(_cpu_s(pids))
             if progress:
                 _bar("ingest", done, total, started)
             if done >= total:
@@ -192,6 +209,7 @@ def measure(redis_url: str, stream: str, database_url: str, total: int, batch_si
         "startup_s": round((first_ack or ended) - started, 2),
         "peak_rss_mb": {str(pid): round(rss / 2**20, 1) for pid, rss in sorted(peaks.items())},
         "peak_rss_total_mb": round(sum(peaks.values()) / 2**20, 1),
+        "cpu_s": {str(pid): round(t, 1) for pid, t in sorted(cpu.items())},
         "db_bytes": _db_size(database_url),
         "exit_code": proc.returncode,
     }
@@ -208,10 +226,10 @@ def main(argv: list[str]) -> int:
         url = f"sqlite:///{scratch}/bench.db"
     client = redis.Redis.from_url(args.redis_url)
     try:
-        total = fill(args.redis_url, stream, args.events, seed=args.seed, progress=True)
+        total = fill(args.redis_url, stream, args.events, seed=args.seed, progress=True, rate=args.rate)
         entries = client.xlen(stream)
         result = measure(args.redis_url, stream, url, entries, args.batch_size, progress=True)
-        result.update({"generated": total, "batch_size": args.batch_size,
+        result.update({"generated": total, "batch_size": args.batch_size, "rate": args.rate,
                        "database": "scratch SQLite" if scratch else url})
     finally:
         client.delete(stream)
@@ -223,7 +241,8 @@ def main(argv: list[str]) -> int:
     else:
         print(f"ingest: {result['events']:,} events in {result['seconds']} s = {result['events_per_s']:,} events/s "
               f"(last 10 %: {result['last_10pct_events_per_s']:,}/s; first commit after {result['startup_s']} s)")
-        print(f"peak RSS of the ingest processes: {result['peak_rss_total_mb']} MB {result['peak_rss_mb']}")
+        print(f"peak RSS of the ingest processes: {result['peak_rss_total_mb']} MB {result['peak_rss_mb']}; "
+              f"CPU s: {result['cpu_s']}")
         print(f"database: {result['database']}, {result['db_bytes'] / 2**20:,.1f} MB")
     return 0
 

@@ -11,7 +11,8 @@ import json
 import random
 import sqlite3
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from sqlalchemy import Table
 

@@ -29,7 +29,20 @@ from dashboard.store.tables import job_events, jobs
 from . import timeline
 from .batch import Batch, JobKey
 from .others import add_counters, apply_others, insert_quarantine
-from .projector import APP, COLUMNS, ID, JOB_ID, LIB, STATE, TASK, WORKER, mark_lost, merge_into, new_row, rollup_outcome
+from .projector import (
+    APP,
+    COLUMNS,
+    ID,
+    JOB_ID,
+    LIB,
+    STATE,
+    TASK,
+    WORKER,
+    mark_lost,
+    merge_into,
+    new_row,
+    rollup_outcome,
+)
 from .rollups import Rollups, row_names, upsert_sql
 
 __all__ = ["PostgresBackend"]
@@ -111,7 +124,7 @@ def _apply_jobs(conn: Connection, groups: Mapping[JobKey, list[tuple[int, dict[s
         if inserts:
             params = [dict(zip(COLUMNS, row)) for _k, row, _f in inserts]
             made = {r[0] for r in conn.execute(_INSERT, params)}
-            for key, row, fresh in inserts:
+            for key, row, _fresh in inserts:
                 if row[ID] not in made:  # another process inserted it first: merge into theirs
                     retry[key] = todo[key]
             inserts = [i for i in inserts if i[1][ID] in made]
@@ -141,7 +154,7 @@ def _jk(key: JobKey) -> int:
 
 def _write_rollups(conn: Connection, rollups: Rollups) -> None:
     for which in ("minute", "hour"):
-        rows = rollups.rows(which)
+        rows = rollups.rows(which, ordered=True)
         if rows:
             names = row_names(which)
             conn.execute(text(upsert_sql(which, "named")), [dict(zip(names, r)) for r in rows])

@@ -45,10 +45,11 @@ class Rollups:
                     acc[2] = ms  # type: ignore[assignment]
                 acc[3 + bucket] += 1
 
-    def rows(self, which: str) -> list[tuple[object, ...]]:
-        """Rows for :func:`upsert_sql` (column order), sorted so concurrent writers lock in one order."""
+    def rows(self, which: str, ordered: bool = False) -> list[tuple[object, ...]]:
+        """Rows for :func:`upsert_sql` (column order); ``ordered`` so concurrent writers lock in one order."""
         table = self.minute if which == "minute" else self.hour
-        return [(*key, *acc) for key, acc in sorted(table.items())]
+        items = sorted(table.items()) if ordered else table.items()
+        return [(*key, *acc) for key, acc in items]
 
 
 def upsert_sql(which: str, style: str = "qmark") -> str:

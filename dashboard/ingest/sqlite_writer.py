@@ -1,10 +1,12 @@
-"""The SQLite writer process: turns projected batches into rows, commits them, then acknowledges.
+"""The SQLite writer process: projects decoded batches into rows, commits them, then acknowledges.
 
 Ingest into SQLite runs as two OS processes because one Python process tops out well below the
-50k events/s goal (``shared/reference/ingest-write-path.md``): the projection process (the one
-that reads the stream) keeps job state and assigns row ids; this process builds the timeline and
-rollup rows, runs ``executemany`` in one transaction per batch, commits, and only then XACKs the
-batch's stream entries and publishes a change notice. A crash anywhere before the XACK leaves the
+50k events/s goal (``shared/reference/ingest-write-path.md``). The reading process does the
+Redis reads, JSON decoding, validation and grouping by job; this process keeps job state
+(:mod:`.sqlite_state`), builds the job, timeline and rollup rows, runs ``executemany`` in one
+transaction per batch, commits, and only then XACKs the batch's stream entries and publishes a
+change notice. (Profiling put Redis parsing and validation on the reading side at about half of
+the work, so job state lives here, unlike the reference's split.) A crash anywhere before the XACK leaves the
 entries pending, and ingest is idempotent, so they are simply applied again.
 
 This process holds an exclusive lock on ``<db>.ingest-lock`` for as long as it writes: a restarted
@@ -32,7 +34,8 @@ from dashboard.store.tables import jobs
 
 from . import timeline
 from .others import add_counters, apply_others, insert_quarantine, set_workers_lost
-from .rollups import Rollups, upsert_sql
+from .rollups import upsert_sql
+from .sqlite_state import JobCache, Writes
 
 __all__ = ["WriteBatch", "writer_main", "WRITER_PRAGMAS", "LOCK_WAIT_S"]
 
@@ -60,27 +63,21 @@ _UPSERT_HOUR = upsert_sql("hour")
 
 @dataclass
 class WriteBatch:
-    """What the projection process sends for one transaction."""
+    """One message from the reading process: a batch to apply, or a request to look for lost workers."""
 
     seq: int
     #: Stream ids to XACK after the commit.
     ids: list[bytes] = field(default_factory=list)
-    #: Full ``jobs`` rows (table column order) of jobs seen for the first time, and of changed jobs.
-    inserts: list[tuple[Any, ...]] = field(default_factory=list)
-    updates: list[tuple[Any, ...]] = field(default_factory=list)
-    #: New job events: (jobs.id, event-id hash, raw JSON, lib, app, task, rollup outcome, ms).
-    events: list[tuple[Any, ...]] = field(default_factory=list)
-    #: Rollup additions that come from no event (jobs marked lost): (ts, lib, app, task, outcome, ms).
-    rollups: list[tuple[Any, ...]] = field(default_factory=list)
+    #: Valid job events per (lib, app, job_id): (event-id hash, raw JSON), in stream order.
+    jobs: dict[tuple[str, str, str], list[tuple[int, bytes]]] = field(default_factory=dict)
     #: Worker, schedule and scheduler events.
     others: list[dict[str, Any]] = field(default_factory=list)
     quarantine: list[tuple[Any, ...]] = field(default_factory=list)
-    #: Workers to mark lost: (lib, app, worker, last_seen_at the decision was based on).
-    lost_workers: list[tuple[str, str, str, float]] = field(default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)
-    #: For the change notice: (lib, app, job_id, state) of up to 200 changed jobs, and the topics.
-    notice_jobs: list[tuple[str, str, str, str]] = field(default_factory=list)
-    topics: set[str] = field(default_factory=set)
+    #: Valid entries read, and valid entries of unknown types without a job (counted, ignored).
+    valid: int = 0
+    ignored: int = 0
+    #: (now, lost_after_s): mark workers silent since before ``now - lost_after_s`` lost.
+    lost_check: tuple[float, float] | None = None
 
 
 class _Exec:
@@ -130,50 +127,48 @@ def open_db(db_path: str) -> sqlite3.Connection:
     return db
 
 
-def apply(db: sqlite3.Connection, wb: WriteBatch) -> None:
-    """Write one batch in one transaction."""
+def apply(db: sqlite3.Connection, cache: JobCache, wb: WriteBatch) -> Writes:
+    """Project and write one batch in one transaction; returns what was written (for the notice)."""
     cur = db.cursor()
     cur.execute("BEGIN")
     try:
-        if wb.inserts:
-            cur.executemany(_INSERT_JOBS, wb.inserts)
-        if wb.updates:
-            cur.executemany(_UPDATE_JOBS, [(*row[1:], row[0]) for row in wb.updates])
-        rollups = Rollups()
-        if wb.events:
-            loads, event_row, add = orjson.loads, timeline.event_row, rollups.add
-            rows = []
-            for job, eid, raw, lib, app, task, outcome, ms in wb.events:
-                event = loads(raw)
-                rows.append(event_row(job, eid, event))
-                if outcome is not None:
-                    add(event["ts"], lib, app, task, outcome, ms)
-            cur.executemany(_INSERT_EVENTS, rows)
-        for ts, lib, app, task, outcome, ms in wb.rollups:
-            rollups.add(ts, lib, app, task, outcome, ms)
-        if rollups:
-            cur.executemany(_UPSERT_MINUTE, rollups.rows("minute"))
-            cur.executemany(_UPSERT_HOUR, rollups.rows("hour"))
+        out = Writes()
+        cache.project(wb.jobs, out)
+        lost = cache.mark_lost(*wb.lost_check, out) if wb.lost_check else []
+        if out.inserts:
+            cur.executemany(_INSERT_JOBS, out.inserts)
+        if out.updates:
+            cur.executemany(_UPDATE_JOBS, [(*row[1:], row[0]) for row in out.updates])
+        if out.events:
+            cur.executemany(_INSERT_EVENTS, out.events)
+        if out.rollups:
+            cur.executemany(_UPSERT_MINUTE, out.rollups.rows("minute"))
+            cur.executemany(_UPSERT_HOUR, out.rollups.rows("hour"))
         ex = _Exec(cur)
         if wb.others:
-            wb.topics |= apply_others(ex, wb.others)
-        if wb.lost_workers:
-            set_workers_lost(ex, wb.lost_workers)
+            out.topics |= apply_others(ex, wb.others)
+        if lost:
+            set_workers_lost(ex, lost)
         if wb.quarantine:
             insert_quarantine(ex, wb.quarantine)
-        add_counters(ex, wb.counters)
+        dups = wb.valid - wb.ignored - len(wb.others) - out.fresh
+        add_counters(ex, {"events_ingested": wb.valid - dups, "quarantined": len(wb.quarantine),
+                          "duplicates": dups})
         cur.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
             cur.execute("ROLLBACK")
         raise
+    if wb.ids or wb.quarantine:
+        out.topics.add("status")
+    return out
 
 
-def _notify(client: Any, channel: str, wb: WriteBatch) -> None:
-    if not (wb.events or wb.updates or wb.inserts or wb.others or wb.quarantine or wb.lost_workers):
+def _notify(client: Any, channel: str, wb: WriteBatch, out: Writes) -> None:
+    if not out.topics:
         return
-    notice = {"ts": time.time(), "events": len(wb.ids), "topics": sorted(wb.topics | {"status"}),
-              "jobs": [list(j) for j in wb.notice_jobs]}
+    notice = {"ts": time.time(), "events": len(wb.ids), "topics": sorted(out.topics),
+              "jobs": [list(j) for j in out.notice]}
     client.publish(channel, orjson.dumps(notice))
 
 
@@ -185,7 +180,7 @@ def writer_main(conn: Connection, parent: int, db_path: str, redis_url: str, str
     try:
         lock = _lock(db_path)
         db = open_db(db_path)
-        max_id = db.execute("SELECT coalesce(max(id), 0) FROM jobs").fetchone()[0]
+        cache = JobCache(db)
     except Exception as exc:
         conn.send(("error", -1, f"{type(exc).__name__}: {exc}"))
         return
@@ -193,7 +188,7 @@ def writer_main(conn: Connection, parent: int, db_path: str, redis_url: str, str
 
     client = redis.Redis.from_url(redis_url)
     channel = f"{stream}:changes"
-    conn.send(("ready", max_id))
+    conn.send(("ready", cache.next_id))
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
@@ -207,7 +202,7 @@ def writer_main(conn: Connection, parent: int, db_path: str, redis_url: str, str
                 return
             t0 = time.perf_counter()
             try:
-                apply(db, wb)
+                out = apply(db, cache, wb)
             except Exception as exc:
                 log.exception("ingest: writing a batch failed")
                 conn.send(("error", wb.seq, f"{type(exc).__name__}: {exc}"))
@@ -216,7 +211,7 @@ def writer_main(conn: Connection, parent: int, db_path: str, redis_url: str, str
             try:
                 for i in range(0, len(wb.ids), 10_000):
                     client.xack(stream, group, *wb.ids[i : i + 10_000])
-                _notify(client, channel, wb)
+                _notify(client, channel, wb, out)
             except Exception as exc:  # pending entries are claimed again later: at worst re-applied
                 log.warning("ingest: XACK/notify failed after commit: %s", exc)
             conn.send(("done", wb.seq, t1 - t0))
@@ -230,7 +225,14 @@ def main(argv: list[str]) -> int:
     """``python -m dashboard.ingest.sqlite_writer FD PARENT_PID DB REDIS_URL STREAM GROUP``."""
     fd, parent, db_path, redis_url, stream, group = argv
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s (writer): %(message)s")
-    writer_main(Connection(int(fd)), int(parent), db_path, redis_url, stream, group)
+    args = (Connection(int(fd)), int(parent), db_path, redis_url, stream, group)
+    profile = os.environ.get("FLOWERBED_PROFILE_WRITER")  # a path: where the time goes, for benchmarks
+    if profile:
+        import cProfile
+
+        cProfile.runctx("writer_main(*args)", globals(), {"args": args}, profile)
+    else:
+        writer_main(*args)
     return 0
 
 

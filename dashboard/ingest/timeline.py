@@ -35,7 +35,5 @@ def insert_sql(style: str = "qmark") -> str:
 
 def event_row(job: int, eid: int, event: Mapping[str, Any]) -> tuple[Any, ...]:
     """The ``job_events`` row of one event of the job whose ``jobs.id`` is ``job``."""
-    get = event.get
     rest = {k: v for k, v in event.items() if k not in _SKIP}
-    extra = orjson.dumps(rest).decode() if rest else None
-    return (job, eid, *(get(name) for name in _COPIED), extra)
+    return (job, eid, *map(event.get, _COPIED), orjson.dumps(rest).decode() if rest else None)

@@ -8,10 +8,11 @@ Long windows read ``rollup_hour`` directly. Percentiles come from the duration h
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from sqlalchemy import and_, func, select, text, tuple_
+from sqlalchemy import and_, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .tables import BUCKET_COLUMNS, DURATION_BUCKETS_MS, jobs, rollup_hour, rollup_minute, schedules, workers
@@ -92,10 +93,6 @@ def percentile(buckets: Sequence[int], q: float, max_ms: float | None = None) ->
             return lower + (upper - lower) * ((rank - seen) / count)
         seen += count
     return float(max_ms) if max_ms is not None else None
-
-
-def _sum_cols(table: Any) -> list[Any]:
-    return [func.sum(table.c[b]).label(b) for b in BUCKET_COLUMNS]
 
 
 async def _series(conn: AsyncConnection, window: Window, outcomes: Iterable[str],
@@ -221,7 +218,8 @@ async def overview(conn: AsyncConnection, window: Window, *, lib: str | None = N
     now = time.time() if now is None else now
     rows = await _rollup_rows(conn, window, (*ATTEMPT_OUTCOMES, "wait"), lib, app)
     nbins = max(1, int((window.until - window.since) // window.bin_s))
-    bins = [{"t": window.since + i * window.bin_s, **{o: 0 for o in ATTEMPT_OUTCOMES}} for i in range(nbins)]
+    bins: list[dict[str, Any]] = [{"t": window.since + i * window.bin_s, **{o: 0 for o in ATTEMPT_OUTCOMES}}
+                                  for i in range(nbins)]
     counts = {o: 0 for o in ATTEMPT_OUTCOMES}
     durations = _empty_agg()
     wait = _empty_agg()
@@ -338,13 +336,3 @@ async def lost_worker_jobs(conn: AsyncConnection, names: Sequence[str], limit: i
         jobs.c.state.in_(("running", "lost")), jobs.c.worker.in_(tuple(names)),
     ).order_by(jobs.c.id.desc()).limit(limit)
     return [dict(r._mapping) for r in await conn.execute(stmt)]
-
-
-async def newest_job_id(conn: AsyncConnection) -> int:
-    """The highest job id (the live jobs list asks for rows above it)."""
-    return int((await conn.execute(select(func.max(jobs.c.id)))).scalar() or 0)
-
-
-async def sqlite_version(conn: AsyncConnection) -> str:
-    """The SQLite library version (row-value IN needs 3.15)."""
-    return str((await conn.execute(text("select sqlite_version()"))).scalar())

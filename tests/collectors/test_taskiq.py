@@ -130,7 +130,7 @@ def test_worker_jobs_reach_the_dashboard(lab: TaskiqLab, flowerbed_server: Calla
     try:
         server.wait_for(lambda: job("always_fails")["state"] == "failed" and job("flaky")["state"] == "succeeded")
     except AssertionError:
-        raise AssertionError(f"status: {server.get_json('/api/status')}") from None
+        raise AssertionError(f"jobs: {server.get_json('/api/jobs?limit=100')} workers: {server.get_json('/api/workers')} status: {server.get_json('/api/status')} ids: {ids} log: {server.log()[-3000:]}") from None
     assert job("ok")["state"] == "succeeded" and job("ok")["task"] == MOD + "ok"
     assert job("ok")["queue"] == f"{lab.prefix}:queue"
     assert job("ok")["duration_ms"] is not None

@@ -1,4 +1,6 @@
-from . import ensure_env, HERE
 import sys
+
+from . import HERE, ensure_env
+
 for arg in sys.argv[1:] or sorted(p.stem for p in HERE.glob("*.txt")):
     print(ensure_env(arg))

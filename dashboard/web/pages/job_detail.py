@@ -83,7 +83,6 @@ async def job_detail(request: Request) -> Response:
         "job": job,
         "timeline": timeline(job, now),
         "correlated": correlated,
-        "live_topics": "workers",
         "live_job": {"lib": job["lib"], "app": job["app"], "job_id": job["job_id"]},
         "now": now,
     }

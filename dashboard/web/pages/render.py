@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
@@ -164,12 +165,12 @@ def is_htmx(request: Request) -> bool:
 
 def render(request: Request, template: str, context: dict[str, Any], *, block: str | None = None,
            blocks: Mapping[str, str] | None = None, status_code: int = 200) -> PageResponse:
-    """The whole page, or, for htmx, the block named by ``block`` or by the request's ``HX-Target``."""
+    """The block ``block`` if given; for htmx, the block the request's ``HX-Target`` names; else the whole page."""
     env = environment(request.app)
     context = {"request": request, **context}
-    chosen = None
-    if is_htmx(request):
-        chosen = block or (blocks or {}).get(request.headers.get("hx-target") or "")
+    chosen = block
+    if chosen is None and is_htmx(request):
+        chosen = (blocks or {}).get(request.headers.get("hx-target") or "")
     if chosen:
         content = render_block(env, template, chosen, context)
     else:

@@ -40,7 +40,9 @@ async def worker_list(request: Request) -> Response:
     params = request.query_params
     settings = request.app.state.settings
     now = time.time()
-    span_name = params.get("span") if params.get("span") in SPANS else "15m"
+    span_name = params.get("span") or "15m"
+    if span_name not in SPANS:
+        span_name = "15m"
     lib = (params.get("lib") or "").strip() or None
     app = (params.get("app") or "").strip() or None
     only = (params.get("worker") or "").strip() or None

@@ -1,0 +1,167 @@
+"""Job state for SQLite ingest: an LRU of recent jobs in front of the ``jobs`` table, in the writer process.
+
+Each cached job keeps its row (a list in ``jobs`` column order) and the hashes of the event ids it
+has seen, so deduplication is exact without a UNIQUE index on the timeline. New jobs get
+sequential ids here (SQLite has exactly one ingest writer; the lock file enforces it), so the big
+B-trees grow at their right edge. A job missing from the LRU is looked up in bulk, per batch,
+through its ``jk`` hash on the writer's own connection, which sees every earlier write.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from dashboard.store.tables import job_events, jobs
+
+from .batch import JobKey
+from .keys import job_key
+from .projector import (
+    APP,
+    COLUMNS,
+    ID,
+    JK,
+    JOB_ID,
+    LIB,
+    STATE,
+    TASK,
+    WORKER,
+    mark_lost,
+    merge_into,
+    new_row,
+    rollup_outcome,
+)
+from .rollups import Rollups
+from .timeline import event_row
+
+__all__ = ["JobCache", "Writes"]
+
+_SELECT_JOBS = f"SELECT {', '.join(COLUMNS)} FROM {jobs.name}"
+_CHUNK = 500
+#: Most (lib, app, job_id, state) entries in one change notice.
+NOTICE_JOBS = 200
+
+
+class Writes:
+    """The rows one transaction writes."""
+
+    __slots__ = ("inserts", "updates", "events", "rollups", "notice", "topics", "fresh")
+
+    def __init__(self) -> None:
+        self.inserts: list[tuple[Any, ...]] = []
+        self.updates: list[tuple[Any, ...]] = []
+        self.events: list[tuple[Any, ...]] = []
+        self.rollups = Rollups()
+        self.notice: list[tuple[str, str, str, str]] = []
+        self.topics: set[str] = set()
+        #: New (not duplicate) job events.
+        self.fresh = 0
+
+
+class JobCache:
+    """Recent jobs' rows and seen event ids, backed by the database for the rest."""
+
+    def __init__(self, db: sqlite3.Connection, capacity: int = 100_000) -> None:
+        self.db = db
+        self.capacity = capacity
+        self.lru: OrderedDict[JobKey, tuple[list[Any], set[int]]] = OrderedDict()
+        self.next_id = (db.execute(f"SELECT coalesce(max(id), 0) FROM {jobs.name}").fetchone()[0] or 0) + 1
+        #: Jobs looked up in the database because they were not cached (for profiling).
+        self.misses = 0
+
+    def project(self, groups: Mapping[JobKey, list[tuple[int, bytes]]], out: Writes) -> None:
+        """Merge each job's new events into its row; fills ``out`` with rows, timeline and rollups."""
+        lru = self.lru
+        missing = [key for key in groups if key not in lru]
+        if missing:
+            self._load(missing)
+        loads, add = orjson.loads, out.rollups.add
+        inserts, updates, timeline, notice = out.inserts, out.updates, out.events, out.notice
+        for key, items in groups.items():
+            entry = lru.get(key)
+            if entry is None:
+                row, seen, target = None, set(), inserts
+            else:
+                row, seen = entry
+                target = updates
+                lru.move_to_end(key)
+            fresh = []
+            for eid, raw in items:
+                if eid not in seen:
+                    seen.add(eid)
+                    fresh.append((eid, loads(raw)))
+            if not fresh:
+                continue
+            if row is None:
+                row = new_row(key[0], key[1], key[2], fresh[0][1]["ts"])
+                row[ID] = self.next_id
+                self.next_id += 1
+                lru[key] = (row, seen)
+            for eid, event in fresh:
+                merge_into(row, eid, event)
+            target.append(tuple(row))
+            job, lib, app, task = row[ID], row[LIB], row[APP], row[TASK] or ""
+            for eid, event in fresh:
+                timeline.append(event_row(job, eid, event))
+                outcome = rollup_outcome(row, event)
+                if outcome is not None:
+                    add(event["ts"], lib, app, task, outcome[0], outcome[1])
+            out.fresh += len(fresh)
+            if len(notice) < NOTICE_JOBS:
+                notice.append((lib, app, row[JOB_ID], row[STATE]))
+        if out.inserts or out.updates:
+            out.topics.add("jobs")
+        while len(lru) > self.capacity:
+            lru.popitem(last=False)
+
+    def _load(self, keys: list[JobKey]) -> None:
+        """Bring stored jobs that are not cached (evicted, or from before a restart) into the LRU."""
+        wanted = {job_key(*k): k for k in keys}
+        hashes = list(wanted)
+        loaded: dict[int, list[Any]] = {}
+        for i in range(0, len(hashes), _CHUNK):
+            part = hashes[i : i + _CHUNK]
+            sql = f"{_SELECT_JOBS} WHERE jk IN ({', '.join('?' * len(part))})"
+            for found in self.db.execute(sql, part):
+                if wanted.get(found[JK]) == (found[LIB], found[APP], found[JOB_ID]):
+                    loaded[found[ID]] = list(found)
+        if not loaded:
+            return
+        self.misses += len(loaded)
+        seen: dict[int, set[int]] = {job: set() for job in loaded}
+        ids = list(loaded)
+        for i in range(0, len(ids), _CHUNK):
+            part = ids[i : i + _CHUNK]
+            sql = f"SELECT job, eid FROM {job_events.name} WHERE job IN ({', '.join('?' * len(part))})"
+            for job, eid in self.db.execute(sql, part):
+                seen[job].add(eid)
+        for job, row in loaded.items():
+            self.lru[(row[LIB], row[APP], row[JOB_ID])] = (row, seen[job])
+
+    def mark_lost(self, now: float, lost_after_s: float, out: Writes) -> list[tuple[str, str, str, float]]:
+        """Find silent workers; their running jobs become ``lost`` in ``out``. Returns the workers."""
+        silent = self.db.execute(
+            "SELECT lib, app, worker, last_seen_at FROM workers WHERE state = 'online' AND last_seen_at < ?",
+            (now - lost_after_s,),
+        ).fetchall()
+        for lib, app, worker, _seen in silent:
+            sql = f"{_SELECT_JOBS} WHERE state = 'running' AND worker = ? AND lib = ? AND app = ?"
+            for found in self.db.execute(sql, (worker, lib, app)).fetchall():
+                key = (found[LIB], found[APP], found[JOB_ID])
+                entry = self.lru.get(key)
+                row = entry[0] if entry is not None else list(found)
+                if row[STATE] != "running" or row[WORKER] != worker:
+                    continue
+                row[:] = mark_lost(row)
+                out.updates.append(tuple(row))
+                out.rollups.add(now, lib, app, row[TASK] or "", "lost", None)
+                if len(out.notice) < NOTICE_JOBS:
+                    out.notice.append((lib, app, row[JOB_ID], "lost"))
+                out.topics.add("jobs")
+        if silent:
+            out.topics.add("workers")
+        return [tuple(w) for w in silent]

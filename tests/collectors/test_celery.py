@@ -1,0 +1,216 @@
+"""collectors.celery against real `celery worker` (prefork and threads pools) and `celery beat` (celery 5.7 env)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import redis
+
+from tests.conftest import REDIS_URL, ROOT
+from tests.libenvs import ensure_env
+
+pytestmark = pytest.mark.libenv
+
+APP = "tests.collectors.apps.celery_app"
+T = APP + "."
+
+
+class CeleryLab:
+    """One test's Celery world: a private queue and key prefix, a private stream, its processes."""
+
+    def __init__(self, bindir: Path, stream: str, tmp_path: Path) -> None:
+        self.bindir = bindir
+        self.stream = stream
+        self.tmp_path = tmp_path
+        self.prefix = f"fbcel{uuid.uuid4().hex[:10]}"
+        self.queue = f"{self.prefix}-q"
+        self.redis = redis.Redis.from_url(REDIS_URL)
+        self.env = {
+            **os.environ,
+            "FBTEST_PREFIX": self.prefix,
+            "FBTEST_BEAT_FILE": str(tmp_path / "beat-schedule"),
+            "FLOWERBED_STREAM": stream,
+            "FLOWERBED_REDIS_URL": REDIS_URL,
+            "FLOWERBED_APP": "celtest",
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def celery(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp_path / f"celery-{len(self.procs)}.log", "wb")
+        proc = subprocess.Popen([str(self.bindir / "celery"), "-A", f"{APP}:app", *args], cwd=ROOT, env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def worker(self, pool: str, concurrency: int = 2) -> subprocess.Popen[bytes]:
+        return self.celery("worker", "-P", pool, "-c", str(concurrency), "-Q", self.queue,
+                           "-n", f"{self.prefix}@%h", "--without-gossip", "--without-mingle", "-l", "warning")
+
+    def client(self, *names: str) -> dict[str, str]:
+        out = subprocess.run([str(self.bindir / "python"), "-m", "tests.collectors.apps.celery_client", *names],
+                             cwd=ROOT, env=self.env, capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr.decode()
+        return json.loads(out.stdout.decode().strip().splitlines()[-1])
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(fields[b"e"]) for _, fields in self.redis.xrange(self.stream)]
+
+    def wait(self, check: Callable[[list[dict[str, Any]]], Any], timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Poll the stream until ``check(events)`` is truthy."""
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.events()
+            if check(events):
+                return events
+            if time.monotonic() > deadline:
+                logs = "\n".join(p.read_text()[-3000:] for p in sorted(self.tmp_path.glob("celery-*.log")))
+                raise AssertionError(f"timed out; {len(events)} events: {events[-10:]}\n{logs}")
+            time.sleep(0.1)
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> int:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        return proc.returncode
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        keys = list(self.redis.scan_iter(f"{self.prefix}*"))
+        if keys:
+            self.redis.delete(*keys)
+        self.redis.close()
+
+
+def of(events: list[dict[str, Any]], type: str, **match: Any) -> list[dict[str, Any]]:
+    return [e for e in events if e["type"] == type and all(e.get(k) == v for k, v in match.items())]
+
+
+def finished(ids: dict[str, str]) -> Callable[[list[dict[str, Any]]], bool]:
+    def check(ev: list[dict[str, Any]]) -> bool:
+        done = {e["job_id"] for e in ev if e["type"] in ("job-succeeded", "job-cancelled")
+                or (e["type"] == "job-failed" and e["final"])}
+        return set(ids.values()) <= done
+    return check
+
+
+@pytest.fixture(scope="module")
+def celery_bin() -> Path:
+    return ensure_env("celery")
+
+
+@pytest.fixture
+def lab(celery_bin: Path, stream_name: str, tmp_path: Path) -> Iterator[CeleryLab]:
+    lab = CeleryLab(celery_bin, stream_name, tmp_path)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def test_prefork_worker(lab: CeleryLab, flowerbed_server: Callable[..., Any]) -> None:
+    server = flowerbed_server(lab.stream)
+    worker = lab.worker("prefork")
+    lab.wait(lambda ev: of(ev, "worker-online"))
+    ids = lab.client("ok", "flaky", "always_fails", "no_retry_fail", "soft_limited", "hard_limited", "parent",
+                     "expired", "sleepy")
+    lab.wait(lambda ev: of(ev, "job-started", job_id=ids["sleepy"]))
+    ids.update(lab.client(f"revoke:{ids['sleepy']}"))
+    events = lab.wait(finished(ids))
+
+    def job(name: str) -> dict[str, Any]:
+        return server.get_json(f"/api/jobs/celery/celtest/{ids[name]}")
+
+    server.wait_for(lambda: job("always_fails")["state"] == "failed" and job("sleepy")["state"] == "cancelled")
+    assert job("ok")["state"] == "succeeded" and job("ok")["queue"] == lab.queue
+    assert "hunter2" not in (job("ok")["args"] or "")
+    flaky = job("flaky")
+    assert (flaky["state"], flaky["attempt"], flaky["max_attempts"]) == ("succeeded", 2, 4)
+    dead = job("always_fails")
+    assert (dead["attempt"], dead["max_attempts"], dead["exc_type"]) == (3, 3, "ValueError")
+    assert len(dead["attempts"]) == 3
+    assert job("no_retry_fail")["state"] == "failed"
+    soft, hard = job("soft_limited"), job("hard_limited")
+    assert soft["state"] == "failed" and "soft time limit (0.5 s)" in soft["exc_message"]
+    assert hard["state"] == "failed" and "hard time limit (1 s)" in hard["exc_message"]
+    assert job("expired")["state"] == "cancelled" and job("sleepy")["state"] == "cancelled"
+
+    # Raw-event facts: the double hard-limit signal is deduplicated, reasons, retry delay, payload.
+    assert len(of(events, "job-failed", job_id=ids["hard_limited"])) == 1
+    assert of(events, "job-cancelled", job_id=ids["sleepy"])[0]["reason"] == "terminated"
+    assert of(events, "job-cancelled", job_id=ids["expired"])[0]["reason"] == "expired"
+    assert of(events, "job-failed", job_id=ids["flaky"])[0]["retry_in_s"] == 0.3
+    final = of(events, "job-failed", job_id=ids["always_fails"], final=True)[0]
+    assert final["payload"]["task"] == T + "always_fails" and final["traceback"]
+    enq = of(events, "job-enqueued", job_id=ids["ok"])[0]
+    assert enq["payload_bytes"] > 0 and enq["correlation_id"]
+    parent = of(events, "job-started", job_id=ids["parent"])[0]
+    child = [e for e in of(events, "job-enqueued", task=T + "ok") if e["job_id"] not in ids.values()][0]
+    assert child["correlation_id"] == parent["correlation_id"]
+    online = of(events, "worker-online")[0]
+    assert (online["pool"], online["concurrency"], online["prefetch"]) == ("prefork", 2, 4)
+    # Jobs ran in pool children but carry the node's worker id, so its heartbeats cover them.
+    started = of(events, "job-started", job_id=ids["ok"])[0]
+    assert started["worker"] == online["worker"] and started["pid"] != online["pid"]
+    assert int(lab.redis.get(f"{lab.prefix}:user-signal") or 0) >= 3  # the user's receiver still runs
+
+    workers = [w for w in server.get_json("/api/workers")["items"] if w["lib"] == "celery"]
+    assert len(workers) == 1 and workers[0]["concurrency"] == 2
+    lab.wait(lambda ev: any(e.get("failed", 0) >= 4 for e in of(ev, "worker-heartbeat")), timeout=10)
+    assert lab.stop(worker) == 0
+    lab.wait(lambda ev: of(ev, "worker-offline"))
+    server.wait_for(lambda: [w["state"] for w in server.get_json("/api/workers")["items"]] == ["offline"])
+
+
+def test_threads_worker_and_beat(lab: CeleryLab, flowerbed_server: Callable[..., Any]) -> None:
+    server = flowerbed_server(lab.stream)
+    worker = lab.worker("threads", concurrency=3)
+    beat = lab.celery("beat", "-l", "warning", "--max-interval", "1")
+    lab.wait(lambda ev: of(ev, "worker-online"))
+    ids = lab.client("ok", "flaky", "always_fails", "parent", "countdown")
+    lab.client(f"revoke:{ids['countdown']}")
+    schedule = f"{lab.prefix}-every-2s"
+    events = lab.wait(lambda ev: finished({k: v for k, v in ids.items() if k != "countdown"})(ev)
+                      and len(of(ev, "schedule-fired", schedule=schedule)) >= 2, timeout=40)
+
+    def job(name: str) -> dict[str, Any]:
+        return server.get_json(f"/api/jobs/celery/celtest/{ids[name]}")
+
+    server.wait_for(lambda: job("always_fails")["state"] == "failed" and job("flaky")["state"] == "succeeded")
+    assert job("ok")["state"] == "succeeded" and job("flaky")["attempt"] == 2
+    assert job("always_fails")["attempt"] == 3
+    online = of(events, "worker-online")[0]
+    assert (online["pool"], online["concurrency"]) == ("threads", 3)
+    done = of(events, "job-succeeded", job_id=ids["ok"])[0]
+    assert done["cpu_ms"] is not None and done["duration_ms"] is not None
+
+    registered = {e["schedule"]: e for e in of(events, "schedule-registered")}
+    assert registered[schedule]["interval_s"] == 2.0 and registered[schedule]["task"] == T + "tick"
+    fires = of(events, "schedule-fired", schedule=schedule)
+    assert abs(fires[1]["slot"] - fires[0]["slot"] - 2.0) < 0.05
+    assert all(abs(f["ts"] - f["slot"]) < 1.5 for f in fires)
+    assert {f["scheduler"] for f in fires} == {registered[schedule]["scheduler"]}
+    assert of(events, "scheduler-heartbeat", scheduler=fires[0]["scheduler"])
+    tick = server.wait_for(lambda: server.get_json(f"/api/jobs/celery/celtest/{fires[0]['job_id']}"))
+    assert tick["task"] == T + "tick"
+    server.wait_for(lambda: server.get_json(f"/api/jobs/celery/celtest/{fires[0]['job_id']}")["state"]
+                    == "succeeded")
+
+    assert lab.stop(beat) in (0, -signal.SIGTERM)
+    assert lab.stop(worker) == 0
+    lab.wait(lambda ev: of(ev, "worker-offline"))

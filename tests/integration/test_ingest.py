@@ -1,0 +1,345 @@
+"""Ingest against real Redis and real stores (a SQLite file, and a fresh PostgreSQL database)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from collectors.constants import CONSUMER_GROUP
+from collectors.emitter import Emitter
+from collectors.events import build
+from dashboard.config import Settings
+from dashboard.ingest import run_ingest
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+# --- fixtures and helpers ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def client() -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(REDIS_URL)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def stream(client: redis.Redis) -> Iterator[str]:
+    name = f"fbtest:{uuid.uuid4().hex}"
+    yield name
+    client.delete(name)
+
+
+async def _pg(sql: str, database: str = "postgres") -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(user="postgres", host="127.0.0.1", port=5432, database=database)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    name = f"fb_{uuid.uuid4().hex[:16]}"
+    asyncio.run(_pg(f"CREATE DATABASE {name}"))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        asyncio.run(_pg(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/flowerbed.db"
+    else:
+        with pg_database() as url:
+            yield url
+
+
+def query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Run one SELECT on either store."""
+    if url.startswith("sqlite"):
+        db = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            return [tuple(r) for r in db.execute(sql).fetchall()]
+        finally:
+            db.close()
+
+    async def run() -> list[tuple[Any, ...]]:
+        import asyncpg
+
+        conn = await asyncpg.connect(url)
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def ingesting(settings: Settings) -> Iterator[threading.Thread]:
+    """Run ingest in a thread until the block ends; its return code must be 0."""
+    stop = threading.Event()
+    ready = threading.Event()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(run_ingest(settings, stop, ready.set)), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(60), "ingest did not start"
+        yield thread
+    finally:
+        stop.set()
+        thread.join(60)
+        assert not thread.is_alive(), "ingest did not stop"
+    assert result == [0]
+
+
+def settings_for(stream: str, url: str, **changes: Any) -> Settings:
+    return Settings(redis_url=REDIS_URL, stream=stream, database_url=url, consumer=f"test-{uuid.uuid4().hex[:6]}",
+                    block_ms=50, **changes)
+
+
+def pending(client: redis.Redis, stream: str) -> int:
+    return int(client.xpending(stream, CONSUMER_GROUP)["pending"])
+
+
+def acked_all(client: redis.Redis, stream: str, n: int) -> bool:
+    groups = {g["name"]: g for g in client.xinfo_groups(stream)}
+    group = groups.get(CONSUMER_GROUP.encode())
+    return bool(group and (group.get("entries-read") or 0) >= n and not group["pending"])
+
+
+def emit(stream: str, events: list[dict[str, Any]]) -> None:
+    emitter = Emitter(REDIS_URL, stream, buffer_size=len(events) + 10)
+    for event in events:
+        emitter.emit(event)
+    assert emitter.flush(10)
+    emitter.close()
+    assert emitter.dropped == 0
+
+
+def job(job_id: str, outcome: str, worker: str = "w1", lib: str = "arq") -> list[dict[str, Any]]:
+    """A job's events; ``outcome`` succeeded, failed, retrying or running."""
+    base = {"job_id": job_id, "task": "tasks.add", "queue": "default"}
+    events = [build("job-enqueued", lib, "shop", attempt=1, args='{"args":[1]}', **base),
+              build("job-started", lib, "shop", attempt=1, worker=worker, **base)]
+    if outcome == "succeeded":
+        events.append(build("job-succeeded", lib, "shop", attempt=1, worker=worker, duration_ms=12.5, **base))
+    elif outcome in ("failed", "retrying"):
+        events.append(build("job-failed", lib, "shop", attempt=1, worker=worker, final=outcome == "failed",
+                            exc_type="ValueError", exc_message="bad", traceback="Traceback…", **base))
+    return events
+
+
+def hold_write_lock(url: str) -> Callable[[], None]:
+    """Keep every other writer from committing until the returned function is called."""
+    if url.startswith("sqlite"):
+        blocker = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+
+        def release_sqlite() -> None:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+
+        return release_sqlite
+    locked, done = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+                locked.set()
+                while not done.is_set():
+                    await asyncio.sleep(0.02)
+        finally:
+            await conn.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(hold()), daemon=True)
+    thread.start()
+    assert locked.wait(10)
+
+    def release_pg() -> None:
+        done.set()
+        thread.join(10)
+
+    return release_pg
+
+
+# --- the tests ---------------------------------------------------------------------------------
+
+
+def test_events_from_the_emitter_land_in_the_store(client: redis.Redis, stream: str, store_url: str) -> None:
+    events = []
+    for i in range(30):
+        events += job(f"j{i}", ("succeeded", "failed", "retrying", "running")[i % 4])
+    events.append(build("worker-online", "arq", "shop", worker="w1", host="h1", pid=10, concurrency=4))
+    events.append(build("worker-heartbeat", "arq", "shop", worker="w1", host="h1", pid=10, inflight=2, custom=1))
+    events.append(build("schedule-registered", "arq", "shop", schedule="nightly", cron="0 3 * * *", task="t"))
+    events.append(build("schedule-fired", "arq", "shop", schedule="nightly", slot=1.0, scheduler="s1"))
+    events.append(build("scheduler-heartbeat", "arq", "shop", scheduler="s1", host="h1", pid=11))
+    events.append(build("job-progress", "arq", "shop", job_id="j0", percent=50, mood="fine"))
+    events.append(dict(events[0]))  # a duplicate delivery
+    emit(stream, events)
+    n = len(events)
+    with ingesting(settings_for(stream, store_url)):
+        wait_until(lambda: acked_all(client, stream, n), what="every entry acknowledged")
+    states = dict(query(store_url, "SELECT state, count(*) FROM jobs GROUP BY state"))
+    assert states == {"succeeded": 8, "failed": 7, "retrying": 7, "running": 8}
+    assert query(store_url, "SELECT count(*), count(DISTINCT job_id) FROM jobs") == [(30, 30)]
+    assert query(store_url, "SELECT count(*) FROM job_events") == [(30 * 3 - 7 + 1,)]
+    extra = query(store_url, "SELECT extra FROM job_events WHERE type = 'job-progress'")
+    assert extra and '"mood":"fine"' in extra[0][0]
+    row = query(store_url, "SELECT state, exc_type, exc_message, worker FROM jobs WHERE job_id = 'j1'")
+    assert row == [("failed", "ValueError", "bad", "w1")]
+    assert query(store_url, "SELECT state, concurrency, inflight FROM workers") == [("online", 4, 2)]
+    assert query(store_url, "SELECT name, cron, fires FROM schedules") == [("nightly", "0 3 * * *", 1)]
+    assert query(store_url, "SELECT scheduler, host FROM schedulers") == [("s1", "h1")]
+    assert query(store_url, "SELECT count(*) FROM schedule_fires") == [(1,)]
+    meta = dict(query(store_url, "SELECT key, value FROM meta"))
+    assert meta["events_ingested"] == n - 1 and meta["duplicates"] == 1
+    outcomes = dict(query(store_url, "SELECT outcome, sum(n) FROM rollup_minute GROUP BY outcome"))
+    assert outcomes == {"succeeded": 8, "failed": 7, "retried": 7, "wait": 30}
+    hours = dict(query(store_url, "SELECT outcome, sum(n) FROM rollup_hour GROUP BY outcome"))
+    assert hours == outcomes
+    assert query(store_url, "SELECT sum(b2) FROM rollup_minute WHERE outcome = 'succeeded'") == [(8,)]
+
+
+def test_applying_the_same_entries_twice_changes_nothing(client: redis.Redis, stream: str, store_url: str) -> None:
+    events = [e for i in range(10) for e in job(f"j{i}", "succeeded")]
+    emit(stream, events)
+    settings = settings_for(stream, store_url)
+    with ingesting(settings):
+        wait_until(lambda: acked_all(client, stream, len(events)), what="first pass")
+    client.xgroup_destroy(stream, CONSUMER_GROUP)  # the group starts over: every entry is delivered again
+    with ingesting(settings):
+        wait_until(lambda: acked_all(client, stream, len(events)), what="second pass")
+    assert query(store_url, "SELECT count(*) FROM jobs") == [(10,)]
+    assert query(store_url, "SELECT count(*) FROM job_events") == [(30,)]
+    assert query(store_url, "SELECT sum(n) FROM rollup_minute WHERE outcome = 'succeeded'") == [(10,)]
+    assert dict(query(store_url, "SELECT key, value FROM meta"))["duplicates"] == 30
+
+
+def test_malformed_entries_are_quarantined_and_acknowledged(client: redis.Redis, stream: str,
+                                                            store_url: str) -> None:
+    good = job("ok", "succeeded")
+    emit(stream, good)
+    bad = [
+        {"e": b"{not json"},
+        {"e": b'{"v":1,"id":"x","type":"job-started","ts":1.0,"lib":"arq","app":"a"}'},  # no job_id
+        {"e": b'{"v":2,"id":"x","type":"job-started","ts":1.0,"lib":"arq","app":"a","job_id":"j"}'},
+        {"e": b'{"v":1,"id":"x","type":"job-started","ts":"soon","lib":"arq","app":"a","job_id":"j"}'},
+        {"e": b"x" * (300 * 1024)},
+        {"other": b"field"},
+        {"e": b"[1, 2]"},
+    ]
+    for fields in bad:
+        client.xadd(stream, fields)
+    emit(stream, job("ok2", "failed"))
+    n = len(good) * 2 + len(bad)
+    with ingesting(settings_for(stream, store_url)):
+        wait_until(lambda: acked_all(client, stream, n), what="every entry acknowledged")
+    reasons = [r[0] for r in query(store_url, "SELECT reason FROM quarantine ORDER BY id")]
+    assert len(reasons) == len(bad)
+    assert reasons[0].startswith("not JSON")
+    assert "job_id" in reasons[1] and "version" in reasons[2] and "'ts'" in reasons[3]
+    assert "limit" in reasons[4] and "'e'" in reasons[5] and "not an object" in reasons[6]
+    raw = query(store_url, "SELECT raw, raw_bytes FROM quarantine WHERE reason LIKE 'not JSON%'")
+    assert raw == [("{not json", 9)]
+    assert query(store_url, "SELECT job_id, state FROM jobs ORDER BY job_id") == [("ok", "succeeded"),
+                                                                                  ("ok2", "failed")]
+    assert dict(query(store_url, "SELECT key, value FROM meta"))["quarantined"] == len(bad)
+
+
+def test_entries_are_acknowledged_only_after_the_commit(client: redis.Redis, stream: str, store_url: str) -> None:
+    settings = settings_for(stream, store_url)
+    with ingesting(settings):  # creates the schema and the group
+        pass
+    events = [e for i in range(5) for e in job(f"j{i}", "succeeded")]
+    release = hold_write_lock(store_url)
+    with ingesting(settings):
+        emit(stream, events)
+        wait_until(lambda: pending(client, stream) == len(events), what="the batch delivered")
+        time.sleep(1.0)
+        assert pending(client, stream) == len(events), "acknowledged before the commit"
+        release()
+        wait_until(lambda: acked_all(client, stream, len(events)), what="acknowledged after the commit")
+        assert query(store_url, "SELECT count(*) FROM jobs") == [(5,)]
+
+
+def test_pending_entries_of_a_dead_consumer_are_claimed(client: redis.Redis, stream: str, store_url: str) -> None:
+    events = [e for i in range(20) for e in job(f"j{i}", "succeeded")]
+    emit(stream, events)
+    client.xgroup_create(stream, CONSUMER_GROUP, id="0")
+    got = client.xreadgroup(CONSUMER_GROUP, "dead-one", {stream: ">"}, count=25)  # read, never acked
+    assert len(got[0][1]) == 25
+    with ingesting(settings_for(stream, store_url, claim_idle_ms=200)):
+        wait_until(lambda: acked_all(client, stream, len(events)), what="claimed and acknowledged")
+    assert query(store_url, "SELECT count(*), min(state), max(state) FROM jobs") == [(20, "succeeded", "succeeded")]
+    assert query(store_url, "SELECT count(*) FROM job_events") == [(60,)]
+
+
+def test_a_silent_worker_and_its_running_jobs_become_lost(client: redis.Redis, stream: str, store_url: str) -> None:
+    old = time.time() - 120
+    events = [build("worker-heartbeat", "arq", "shop", worker="w-old", ts=old),
+              *[dict(e, ts=old) for e in job("stuck", "running", worker="w-old")],
+              *[dict(e, ts=old) for e in job("done", "succeeded", worker="w-old")],
+              build("worker-heartbeat", "arq", "shop", worker="w-new"),
+              *job("fine", "running", worker="w-new")]
+    emit(stream, events)
+    with ingesting(settings_for(stream, store_url, lost_after_s=30.0)):
+        wait_until(lambda: query(store_url, "SELECT state FROM jobs WHERE job_id = 'stuck'") == [("lost",)],
+                   what="the stuck job marked lost")
+        # A later real event for the job outranks ``lost``.
+        emit(stream, [dict(build("job-succeeded", "arq", "shop", job_id="stuck", attempt=1, worker="w-old"))])
+        wait_until(lambda: query(store_url, "SELECT state FROM jobs WHERE job_id = 'stuck'") == [("succeeded",)],
+                   what="the stuck job finished after all")
+    states = dict(query(store_url, "SELECT worker, state FROM workers"))
+    assert states == {"w-old": "lost", "w-new": "online"}
+    assert dict(query(store_url, "SELECT job_id, state FROM jobs")) == {"stuck": "succeeded", "done": "succeeded",
+                                                                         "fine": "running"}
+    assert query(store_url, "SELECT sum(n) FROM rollup_minute WHERE outcome = 'lost'") == [(1,)]
+
+
+def test_a_change_notice_is_published_after_each_commit(client: redis.Redis, stream: str, store_url: str) -> None:
+    import json
+
+    pubsub = client.pubsub()
+    pubsub.subscribe(f"{stream}:changes")
+    wait_until(lambda: pubsub.get_message(timeout=0.1), what="subscribed")
+    emit(stream, job("j1", "succeeded"))
+    with ingesting(settings_for(stream, store_url)):
+        message = wait_until(lambda: pubsub.get_message(timeout=0.1), what="a notice")
+    pubsub.close()
+    notice = json.loads(message["data"])
+    assert notice["events"] == 3 and "jobs" in notice["topics"] and "status" in notice["topics"]
+    assert notice["jobs"] == [["arq", "shop", "j1", "succeeded"]]
