@@ -659,8 +659,10 @@ def _stopping(worker: Any) -> bool:
     task = getattr(worker, "main_task", None)
     if task is None:
         return False
-    if task.done() or not getattr(worker, "allow_pick_jobs", True):
+    if task.done():
         return True
+    # (Not allow_pick_jobs: under job_completion_wait it turns off at the signal, while a job can still
+    # time out during the wait; the cancel of the main task comes with the cancel of the jobs.)
     cancelling = getattr(task, "cancelling", None)
     if cancelling is not None:  # Python 3.11+
         return bool(cancelling())

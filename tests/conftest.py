@@ -87,13 +87,19 @@ class Server:
             return ""
 
     def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM the server, wait, then make sure nothing it started outlives it."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stragglers in its session
+        except ProcessLookupError:
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(5)
         return self.proc.returncode
 
 

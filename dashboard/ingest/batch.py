@@ -52,7 +52,10 @@ class Batch:
         ids, groups, others = self.ids, self.jobs, self.others
         for sid, fields in entries:
             ids.append(sid)
-            raw = fields.get(_FIELD) if fields else None
+            if fields is None:  # a pending entry trimmed from the stream before anyone applied it
+                self._reject(sid, now, "entry was trimmed from the stream before it was applied", None)
+                continue
+            raw = fields.get(_FIELD)
             if raw is None:
                 self._reject(sid, now, f"entry has no {EVENT_FIELD!r} field", fields)
                 continue

@@ -88,7 +88,8 @@ class _Session:
         self.stop = stop
         self.backend = backend
         self.consumer = settings.consumer_name
-        self.client = redis.Redis.from_url(
+        # Typed as Any: redis-py's reply types do not describe stream replies usefully.
+        self.client: Any = redis.Redis.from_url(
             settings.redis_url, protocol=2, socket_timeout=max(10.0, settings.block_ms / 1000 + 5),
             socket_connect_timeout=5,
         )

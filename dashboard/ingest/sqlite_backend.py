@@ -19,6 +19,7 @@ from typing import Any
 
 from .batch import Batch
 from .sqlite_writer import WriteBatch
+from .timeline import event_values
 
 __all__ = ["SqliteBackend", "WriterFailed"]
 
@@ -123,7 +124,10 @@ class SqliteBackend:
     def submit(self, batch: Batch) -> None:
         """Hand a batch to the writer (blocks while ``in_flight`` batches are uncommitted)."""
         self.seq += 1
-        jobs = {key: [(eid, raw) for eid, _event, raw in items] for key, items in batch.jobs.items()}
+        # The timeline rows are built here, where the events are already decoded: it balances the
+        # two processes (the writer still parses the raw JSON again, which is cheaper than pickling dicts).
+        jobs = {key: [(eid, raw, event_values(eid, event)) for eid, event, raw in items]
+                for key, items in batch.jobs.items()}
         self._send(WriteBatch(seq=self.seq, ids=batch.ids, jobs=jobs, others=batch.others,
                               quarantine=batch.quarantine, valid=batch.valid, ignored=batch.ignored))
 

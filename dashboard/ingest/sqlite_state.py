@@ -36,7 +36,6 @@ from .projector import (
     rollup_outcome,
 )
 from .rollups import Rollups
-from .timeline import event_row
 
 __all__ = ["JobCache", "Writes"]
 
@@ -73,7 +72,7 @@ class JobCache:
         #: Jobs looked up in the database because they were not cached (for profiling).
         self.misses = 0
 
-    def project(self, groups: Mapping[JobKey, list[tuple[int, bytes]]], out: Writes) -> None:
+    def project(self, groups: Mapping[JobKey, list[tuple[int, bytes, tuple[Any, ...]]]], out: Writes) -> None:
         """Merge each job's new events into its row; fills ``out`` with rows, timeline and rollups."""
         lru = self.lru
         missing = [key for key in groups if key not in lru]
@@ -83,6 +82,8 @@ class JobCache:
         inserts, updates, timeline, notice = out.inserts, out.updates, out.events, out.notice
         for key, items in groups.items():
             entry = lru.get(key)
+            seen: set[int]
+            row: list[Any] | None
             if entry is None:
                 row, seen, target = None, set(), inserts
             else:
@@ -90,10 +91,10 @@ class JobCache:
                 target = updates
                 lru.move_to_end(key)
             fresh = []
-            for eid, raw in items:
+            for eid, raw, values in items:
                 if eid not in seen:
                     seen.add(eid)
-                    fresh.append((eid, loads(raw)))
+                    fresh.append((eid, loads(raw), values))
             if not fresh:
                 continue
             if row is None:
@@ -101,12 +102,12 @@ class JobCache:
                 row[ID] = self.next_id
                 self.next_id += 1
                 lru[key] = (row, seen)
-            for eid, event in fresh:
+            for eid, event, _values in fresh:
                 merge_into(row, eid, event)
             target.append(tuple(row))
             job, lib, app, task = row[ID], row[LIB], row[APP], row[TASK] or ""
-            for eid, event in fresh:
-                timeline.append(event_row(job, eid, event))
+            for _eid, event, values in fresh:
+                timeline.append((job, *values))
                 outcome = rollup_outcome(row, event)
                 if outcome is not None:
                     add(event["ts"], lib, app, task, outcome[0], outcome[1])

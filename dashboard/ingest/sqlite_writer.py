@@ -54,8 +54,10 @@ WRITER_PRAGMAS: tuple[str, ...] = (
 LOCK_WAIT_S = 30.0
 
 _JOB_COLS = [c.name for c in jobs.columns]
+assert _JOB_COLS[0] == "id"
 _INSERT_JOBS = f"INSERT INTO jobs ({', '.join(_JOB_COLS)}) VALUES ({', '.join('?' * len(_JOB_COLS))})"
-_UPDATE_JOBS = f"UPDATE jobs SET {', '.join(c + ' = ?' for c in _JOB_COLS[1:])} WHERE id = ?"
+# Numbered parameters, so a row tuple (id first) binds as it is.
+_UPDATE_JOBS = f"UPDATE jobs SET {', '.join(f'{c} = ?{i + 1}' for i, c in enumerate(_JOB_COLS) if i)} WHERE id = ?1"
 _INSERT_EVENTS = timeline.insert_sql()
 _UPSERT_MINUTE = upsert_sql("minute")
 _UPSERT_HOUR = upsert_sql("hour")
@@ -68,8 +70,9 @@ class WriteBatch:
     seq: int
     #: Stream ids to XACK after the commit.
     ids: list[bytes] = field(default_factory=list)
-    #: Valid job events per (lib, app, job_id): (event-id hash, raw JSON), in stream order.
-    jobs: dict[tuple[str, str, str], list[tuple[int, bytes]]] = field(default_factory=dict)
+    #: Valid job events per (lib, app, job_id), in stream order: (event-id hash, raw JSON, its
+    #: ``job_events`` row without the ``job`` column).
+    jobs: dict[tuple[str, str, str], list[tuple[int, bytes, tuple[Any, ...]]]] = field(default_factory=dict)
     #: Worker, schedule and scheduler events.
     others: list[dict[str, Any]] = field(default_factory=list)
     quarantine: list[tuple[Any, ...]] = field(default_factory=list)
@@ -138,7 +141,7 @@ def apply(db: sqlite3.Connection, cache: JobCache, wb: WriteBatch) -> Writes:
         if out.inserts:
             cur.executemany(_INSERT_JOBS, out.inserts)
         if out.updates:
-            cur.executemany(_UPDATE_JOBS, [(*row[1:], row[0]) for row in out.updates])
+            cur.executemany(_UPDATE_JOBS, out.updates)
         if out.events:
             cur.executemany(_INSERT_EVENTS, out.events)
         if out.rollups:

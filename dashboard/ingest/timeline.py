@@ -14,7 +14,7 @@ import orjson
 
 from dashboard.store.tables import job_events
 
-__all__ = ["COLUMNS", "insert_sql", "event_row"]
+__all__ = ["COLUMNS", "insert_sql", "event_row", "event_values"]
 
 #: ``job_events`` columns a row fills, in table order (``id`` is assigned by the database).
 COLUMNS: tuple[str, ...] = tuple(c.name for c in job_events.columns if c.name != "id")
@@ -33,7 +33,12 @@ def insert_sql(style: str = "qmark") -> str:
     return f"INSERT INTO {job_events.name} ({', '.join(COLUMNS)}) VALUES ({values})"
 
 
+def event_values(eid: int, event: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The ``job_events`` row of one event without its first column, ``job`` (built before the id is known)."""
+    rest = {k: v for k, v in event.items() if k not in _SKIP}
+    return (eid, *map(event.get, _COPIED), orjson.dumps(rest).decode() if rest else None)
+
+
 def event_row(job: int, eid: int, event: Mapping[str, Any]) -> tuple[Any, ...]:
     """The ``job_events`` row of one event of the job whose ``jobs.id`` is ``job``."""
-    rest = {k: v for k, v in event.items() if k not in _SKIP}
-    return (job, eid, *map(event.get, _COPIED), orjson.dumps(rest).decode() if rest else None)
+    return (job, *event_values(eid, event))

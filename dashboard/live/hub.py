@@ -68,6 +68,8 @@ class Hub:
         #: (monotonic time, events) of recent notices, for the status page's events/s.
         self.recent: deque[tuple[float, int]] = deque(maxlen=600)
         self.notices = 0
+        #: Set while the Redis subscription is established (a client that waits for it misses nothing after).
+        self.ready = asyncio.Event()
 
     # -- clients ---------------------------------------------------------------------------
     def subscribe(self, topics: set[str]) -> Subscription:
@@ -90,6 +92,7 @@ class Hub:
             handle.cancel()
         self._pending.clear()
         task, self._task = self._task, None
+        self.ready.clear()
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -144,6 +147,7 @@ class Hub:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
+                self.ready.set()
                 delay = 0.5
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
@@ -162,6 +166,7 @@ class Hub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             finally:
+                self.ready.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
                 with contextlib.suppress(Exception):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
@@ -26,6 +28,9 @@ async def live(request: Request) -> Response:
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         try:
+            # Say hello once the subscription is up, so nothing published after the hello is missed.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(hub.ready.wait(), timeout=5.0)
             yield ServerSentEvent(event="hello", data="live", retry=3000)
             while True:
                 name = await sub.next()

@@ -12,10 +12,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, select, tuple_
+from sqlalchemy import and_, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .tables import BUCKET_COLUMNS, DURATION_BUCKETS_MS, jobs, rollup_hour, rollup_minute, schedules, workers
+from .tables import BUCKET_COLUMNS, DURATION_BUCKETS_MS, jobs, rollup_hour, schedules, workers
 
 __all__ = [
     "WINDOWS",
@@ -39,6 +39,8 @@ WINDOWS: dict[str, tuple[int, int]] = {
 ATTEMPT_OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "retried", "cancelled", "lost")
 #: Attempt outcomes that count as failures in the failure rate.
 FAILED_OUTCOMES: tuple[str, ...] = ("failed", "retried", "lost")
+#: Filtered live counts (which must visit rows) stop here.
+FILTERED_COUNT_CAP = 1000
 #: Job states counted live from the jobs index (not windowed).
 LIVE_STATES: tuple[str, ...] = ("queued", "running", "retrying")
 
@@ -109,35 +111,56 @@ async def _series(conn: AsyncConnection, window: Window, outcomes: Iterable[str]
     return [tuple(r) for r in await conn.execute(stmt)]  # type: ignore[misc]
 
 
-async def _rollup_rows(conn: AsyncConnection, window: Window, outcomes: tuple[str, ...],
-                       lib: str | None, app: str | None) -> list[dict[str, Any]]:
-    """Rollup rows of the window (per series and period), from the minute or the hour table."""
+def _sources(window: Window, outcomes: tuple[str, ...], series: list[tuple[str, str, str, str]],
+             lib: str | None, app: str | None) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """(WITH prefix, FROM/WHERE clause, time column, parameters) per statement reading the window's rollups."""
+    base: dict[str, Any] = {"since": int(window.since), "until": int(window.until), "bin": window.bin_s}
     if window.minutes:
-        series = await _series(conn, window, outcomes, lib, app)
-        if not series:
-            return []
-        t = rollup_minute
-        cols = [t.c.minute.label("t"), t.c.lib, t.c.app, t.c.task, t.c.outcome, t.c.n, t.c.sum_ms, t.c.max_ms,
-                *(t.c[b] for b in BUCKET_COLUMNS)]
-        out: list[dict[str, Any]] = []
-        # One PK-range lookup per series; chunks keep the statement's parameter count modest.
+        out = []
+        # The series drive a nested loop: one PK-range search each (a row-value IN would scan the table).
         for i in range(0, len(series), 200):
-            chunk = series[i:i + 200]
-            stmt = select(*cols).where(
-                tuple_(t.c.lib, t.c.app, t.c.task, t.c.outcome).in_(chunk),
-                t.c.minute >= int(window.since), t.c.minute < window.until,
-            )
-            out.extend(dict(r._mapping) for r in await conn.execute(stmt))
+            params = dict(base)
+            values = []
+            for k, (s_lib, s_app, s_task, s_outcome) in enumerate(series[i:i + 200]):
+                values.append(f"(:l{k}, :a{k}, :t{k}, :o{k})")
+                params.update({f"l{k}": s_lib, f"a{k}": s_app, f"t{k}": s_task, f"o{k}": s_outcome})
+            head = f"WITH s(lib, app, task, outcome) AS (VALUES {', '.join(values)}) "
+            clause = ("s JOIN rollup_minute m ON m.lib = s.lib AND m.app = s.app AND m.task = s.task "
+                      "AND m.outcome = s.outcome AND m.minute >= :since AND m.minute < :until")
+            out.append((head, clause, "m.minute", params))
         return out
-    t = rollup_hour
-    conds = [t.c.outcome.in_(outcomes), t.c.hour >= int(window.since) // 3600 * 3600, t.c.hour < window.until]
+    params = dict(base, h0=int(window.since) // 3600 * 3600)
+    names = []
+    for k, outcome in enumerate(outcomes):
+        params[f"o{k}"] = outcome
+        names.append(f":o{k}")
+    clause = f"rollup_hour m WHERE m.outcome IN ({', '.join(names)}) AND m.hour >= :h0 AND m.hour < :until"
     if lib:
-        conds.append(t.c.lib == lib)
+        clause += " AND m.lib = :lib"
+        params["lib"] = lib
     if app:
-        conds.append(t.c.app == app)
-    cols = [t.c.hour.label("t"), t.c.lib, t.c.app, t.c.task, t.c.outcome, t.c.n, t.c.sum_ms, t.c.max_ms,
-            *(t.c[b] for b in BUCKET_COLUMNS)]
-    return [dict(r._mapping) for r in await conn.execute(select(*cols).where(and_(*conds)))]
+        clause += " AND m.app = :app"
+        params["app"] = app
+    return [("", clause, "m.hour", params)]
+
+
+async def _aggregates(conn: AsyncConnection, window: Window, outcomes: tuple[str, ...], lib: str | None,
+                      app: str | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per-bin counts by outcome, and per-task sums with histograms, summed by the database."""
+    series = await _series(conn, window, outcomes, lib, app) if window.minutes else []
+    if window.minutes and not series:
+        return [], []
+    sums = ", ".join(f"sum(m.{b}) AS {b}" for b in BUCKET_COLUMNS)
+    bins: list[dict[str, Any]] = []
+    tasks: list[dict[str, Any]] = []
+    for head, clause, tcol, params in _sources(window, outcomes, series, lib, app):
+        bins.extend(dict(r._mapping) for r in await conn.execute(text(
+            f"{head}SELECT ({tcol} - :since) / :bin AS idx, m.outcome, sum(m.n) AS n FROM {clause} "
+            "GROUP BY idx, m.outcome"), params))
+        tasks.extend(dict(r._mapping) for r in await conn.execute(text(
+            f"{head}SELECT m.lib, m.app, m.task, m.outcome, sum(m.n) AS n, sum(m.sum_ms) AS sum_ms, "
+            f"max(m.max_ms) AS max_ms, {sums} FROM {clause} GROUP BY m.lib, m.app, m.task, m.outcome"), params))
+    return bins, tasks
 
 
 def _empty_agg() -> dict[str, Any]:
@@ -165,7 +188,11 @@ def _stats(agg: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _live_counts(conn: AsyncConnection, lib: str | None, app: str | None) -> dict[str, int]:
-    """Jobs in a non-final state right now, plus the DLQ (failed jobs), counted on the state index."""
+    """Jobs in a non-final state right now, plus the DLQ (failed jobs), counted on the state index.
+
+    Unfiltered counts read the (state, id) index alone. A lib/app filter has to visit each row, so
+    those counts stop at :data:`FILTERED_COUNT_CAP` (the page shows "1,000+").
+    """
     out: dict[str, int] = {}
     for state in (*LIVE_STATES, "failed"):
         conds = [jobs.c.state == state]
@@ -173,7 +200,12 @@ async def _live_counts(conn: AsyncConnection, lib: str | None, app: str | None) 
             conds.append(jobs.c.lib == lib)
         if app:
             conds.append(jobs.c.app == app)
-        out[state] = int((await conn.execute(select(func.count()).where(and_(*conds)))).scalar() or 0)
+        if lib or app:
+            sub = select(jobs.c.id).where(and_(*conds)).limit(FILTERED_COUNT_CAP + 1).subquery()
+            stmt = select(func.count()).select_from(sub)
+        else:
+            stmt = select(func.count()).where(and_(*conds))
+        out[state] = int((await conn.execute(stmt)).scalar() or 0)
     return out
 
 
@@ -216,24 +248,25 @@ async def overview(conn: AsyncConnection, window: Window, *, lib: str | None = N
                    now: float | None = None, lost_after_s: float = 30.0, top: int = 8) -> dict[str, Any]:
     """Everything the overview shows (and /api/stats returns) for one window."""
     now = time.time() if now is None else now
-    rows = await _rollup_rows(conn, window, (*ATTEMPT_OUTCOMES, "wait"), lib, app)
+    bin_rows, task_rows = await _aggregates(conn, window, (*ATTEMPT_OUTCOMES, "wait"), lib, app)
     nbins = max(1, int((window.until - window.since) // window.bin_s))
     bins: list[dict[str, Any]] = [{"t": window.since + i * window.bin_s, **{o: 0 for o in ATTEMPT_OUTCOMES}}
                                   for i in range(nbins)]
+    for r in bin_rows:
+        idx = int(r["idx"])
+        if r["outcome"] in ATTEMPT_OUTCOMES and 0 <= idx < nbins:
+            bins[idx][r["outcome"]] += int(r["n"] or 0)
     counts = {o: 0 for o in ATTEMPT_OUTCOMES}
     durations = _empty_agg()
     wait = _empty_agg()
     per_task: dict[tuple[str, str, str], dict[str, Any]] = {}
     per_app: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in rows:
+    for r in task_rows:
         outcome = r["outcome"]
         if outcome == "wait":
             _add(wait, r)
             continue
         counts[outcome] = counts.get(outcome, 0) + r["n"]
-        idx = int((r["t"] - window.since) // window.bin_s)
-        if 0 <= idx < nbins:
-            bins[idx][outcome] += r["n"]
         if outcome != "cancelled":
             _add(durations, r)
         task = per_task.setdefault((r["lib"], r["app"], r["task"]), {"dur": _empty_agg(), **{o: 0 for o in ATTEMPT_OUTCOMES}})
@@ -301,19 +334,20 @@ async def overview(conn: AsyncConnection, window: Window, *, lib: str | None = N
         "workers_online": sum(w["online"] for w in online.values()),
         "workers_lost": sum(w["lost"] for w in online.values()),
         "dlq": live["failed"],
+        "count_cap": FILTERED_COUNT_CAP if (lib or app) else None,
         "unhealthy_schedules": await _schedule_health(conn, now, lib, app),
     }
 
 
 async def swimlanes(conn: AsyncConnection, names: Sequence[str], since: float, until: float,
-                    limit: int = 3000) -> dict[str, list[dict[str, Any]]]:
+                    limit: int = 3000, lookback_s: float = 900.0) -> dict[str, list[dict[str, Any]]]:
     """The jobs each named worker ran in [since, until), newest first, for the workers timeline."""
     if not names:
         return {}
-    # jobs_created is the only time index; a job that started in the window was created before its end.
+    # jobs_created is the only time index: look back a little for jobs created before the span that ran in it.
     stmt = select(jobs.c.id, jobs.c.lib, jobs.c.app, jobs.c.job_id, jobs.c.task, jobs.c.state, jobs.c.worker,
                   jobs.c.started_at, jobs.c.finished_at, jobs.c.duration_ms, jobs.c.attempt).where(
-        jobs.c.created_at >= since - 3600, jobs.c.created_at < until,
+        jobs.c.created_at >= since - lookback_s, jobs.c.created_at < until,
         jobs.c.worker.in_(tuple(names)),
     ).order_by(jobs.c.created_at.desc()).limit(limit)
     out: dict[str, list[dict[str, Any]]] = {n: [] for n in names}

@@ -220,7 +220,7 @@ def test_worker_reports_every_outcome(lab: ArqLab) -> None:
 
     # job_timeout: a final failure that names the limit, with where the job was when it was cut off.
     [t] = of(events, "job-failed", job_id=slow)
-    assert t["final"] is True and t["reason"] == "timeout" and t["exc_type"] == "TimeoutError"
+    assert t["final"] is True and t["reason"] == "timeout" and t["exc_type"] == "TimeoutError", t
     assert "0.5 s" in t["exc_message"] and "asyncio.sleep(seconds)" in t["traceback"]
     assert 0.4 < t["duration_ms"] / 1000 < 2.0
 

@@ -90,6 +90,20 @@ def test_serve_ingests_and_answers_the_api(flowerbed_server, stream_name: str) -
     client.close()
 
 
+def no_process_left(pgid: int, timeout: float = 10.0) -> bool:
+    """True once no process of the server's session (ingest, writer…) is still alive."""
+    import os
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_sigterm_finishes_the_batch_and_exits_zero(flowerbed_server, stream_name: str) -> None:
     server = flowerbed_server(stream_name)
     t0 = time.time()
@@ -98,6 +112,7 @@ def test_sigterm_finishes_the_batch_and_exits_zero(flowerbed_server, stream_name
     time.sleep(0.3)  # let ingest be mid-way
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(30) == 0
+    assert no_process_left(server.proc.pid), "a process started by `flowerbed serve` outlived it"
     client = redis.Redis.from_url(REDIS_URL)
     pending = client.xpending(stream_name, CONSUMER_GROUP)["pending"]
     client.close()

@@ -77,7 +77,7 @@ def test_sse_announces_new_jobs_and_a_jobs_own_changes(flowerbed_server, stream_
         ])
 
     seen = _sse_events(server.base_url, "/live?topics=jobs,status&lib=arq&app=mail&job_id=live-1",
-                       {"jobs", "job", "status"}, timeout=20, on_open=send)
+                       {"jobs", "job", "status"}, timeout=40, on_open=send)
     assert seen[0] == "hello"
     assert {"jobs", "job", "status"} <= set(seen), seen
     assert server.get("/live")[0] == 400  # topics are required

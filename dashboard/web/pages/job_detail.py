@@ -5,13 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ...store import queries
-from ...store.tables import jobs
 from .render import render
 
 __all__ = ["job_detail", "timeline"]
@@ -58,20 +55,11 @@ def timeline(job: dict[str, Any], now: float) -> dict[str, Any]:
     return {"lanes": lanes, "ticks": ticks, "t0": t0, "t1": t1, "span": span, "running": running}
 
 
-async def _correlated(conn: AsyncConnection, correlation_id: str | None) -> int:
-    """How many jobs share this job's correlation id (capped, no index needed past a few hundred)."""
-    if not correlation_id:
-        return 0
-    sub = select(jobs.c.id).where(jobs.c.correlation_id == correlation_id).limit(1000).subquery()
-    return int((await conn.execute(select(func.count()).select_from(sub))).scalar() or 0)
-
-
 async def job_detail(request: Request) -> Response:
     """GET /jobs/{lib}/{app}/{job_id}: the whole story of one job; live while it runs."""
     p = request.path_params
     async with request.app.state.engine.connect() as conn:
         job = await queries.get_job(conn, p["lib"], p["app"], p["job_id"])
-        correlated = await _correlated(conn, job.get("correlation_id")) if job else 0
     if job is None:
         return render(request, "pages/error.html", {
             "page": "jobs", "title": "Job not found",
@@ -82,7 +70,6 @@ async def job_detail(request: Request) -> Response:
         "page": "jobs",
         "job": job,
         "timeline": timeline(job, now),
-        "correlated": correlated,
         "live_job": {"lib": job["lib"], "app": job["app"], "job_id": job["job_id"]},
         "now": now,
     }

@@ -52,6 +52,19 @@ def _api_query(params: dict[str, str], filters: JobFilters, cursor: str | None) 
     return out
 
 
+#: The filter menus' values are read at most this often per process (seconds).
+OPTIONS_TTL_S = 60.0
+
+
+async def _cached_options(request: Request, conn: AsyncConnection, now: float) -> dict[str, list[str]]:
+    """The filter menus' values, re-read once a minute (a new task shows up in the menu within a minute)."""
+    cached = getattr(request.app.state, "job_filter_options", None)
+    if cached is None or now - cached[0] > OPTIONS_TTL_S:
+        cached = (now, await _options(conn, now))
+        request.app.state.job_filter_options = cached
+    return cached[1]
+
+
 async def _options(conn: AsyncConnection, now: float) -> dict[str, list[str]]:
     """Libraries, apps and tasks seen in the last week (from the hour rollup, not the jobs table)."""
     stmt = select(rollup_hour.c.lib, rollup_hour.c.app, rollup_hour.c.task).where(
@@ -113,7 +126,7 @@ async def job_list(request: Request) -> Response:
         return render(request, "pages/error.html", {"page": "jobs", "message": str(exc)}, status_code=400)
     async with request.app.state.engine.connect() as conn:
         rows, next_id = await queries.list_jobs(conn, filters, limit, before)
-        options = await _options(conn, now)
+        options = await _cached_options(request, conn, now)
     params = _filter_params(request)
     context = {
         "page": "jobs",

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 from jinja2_fragments import render_block
@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from ...resources import templates_dir
 
-__all__ = ["PageResponse", "render", "environment", "is_htmx"]
+__all__ = ["PageResponse", "render", "environment", "is_htmx", "ms", "path_for"]
 
 
 class PageResponse(HTMLResponse):
@@ -64,6 +64,11 @@ def _ms(value: float | None) -> str:
     if h < 48:
         return f"{h} h {m} m"
     return f"{h // 24} d {h % 24} h"
+
+
+def ms(value: float | None) -> str:
+    """A duration in ms as the pages write it (the ``ms`` template filter)."""
+    return _ms(value)
 
 
 def _num(value: float | int | None) -> str:
@@ -118,13 +123,29 @@ def _pretty_json(value: str | None) -> str:
         return value
 
 
+def _routes_by_name(app: Starlette) -> dict[str, Any]:
+    """Named routes of the app, so a page with hundreds of links does not walk the route list per link."""
+    table = getattr(app.state, "routes_by_name", None)
+    if table is None:
+        table = {getattr(r, "name", None): r for r in app.routes if getattr(r, "name", None)}
+        app.state.routes_by_name = table
+    return table
+
+
+def path_for(request: Request, name: str, /, **path_params: Any) -> str:
+    """A route's path under the app's root path, its parameters percent-encoded (job ids hold anything)."""
+    quoted = {k: quote(str(v), safe="/" if k in ("job_id", "path") else "") for k, v in path_params.items()}
+    route = _routes_by_name(request.app).get(name)
+    path = route.url_path_for(name, **quoted) if route is not None else request.app.url_path_for(name, **quoted)
+    return request.scope.get("root_path", "") + str(path)
+
+
 @jinja2.pass_context
 def _url(context: Mapping[str, Any], name: str, /, **path_params: Any) -> str:
     """A route's path (not an absolute URL), so the app works under a prefix and behind proxies."""
     request: Request = context["request"]
     query = path_params.pop("_query", None)
-    path = request.app.url_path_for(name, **path_params)
-    url = request.scope.get("root_path", "") + str(path)
+    url = path_for(request, name, **path_params)
     if query:
         items = [(k, v) for k, v in (query.items() if isinstance(query, Mapping) else query) if v not in (None, "")]
         if items:
