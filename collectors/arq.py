@@ -27,9 +27,10 @@ What ``instrument`` does (it returns a copy: a dict for a dict, a class of the s
   threads, event-loop lag monitor, and the producer hook on the worker's own pool) and ``on_shutdown``
   (the user's first, then ``worker-offline`` and a bounded flush). The per-job hooks (``on_job_start``,
   ``on_job_end``, ``after_job_end``) are left exactly as the user set them: the wrapper needs none;
-* patches two ``arq.worker.Worker`` methods once per process, inert for workers built from settings that
-  were not instrumented: ``__init__`` (to hand the wrapper its ``Worker``, whose ``aborting_tasks``,
-  limits and main task decide the verdicts above) and ``finish_failed_job``, the only code on arq's
+* patches ``arq.worker.Worker`` once per process, inert for workers built from settings that were not
+  instrumented: ``handle_sig`` and ``_sleep_until_tasks_complete`` (to note that the worker is
+  cancelling its jobs to stop), ``__init__`` (to hand the wrapper its ``Worker``, whose
+  ``aborting_tasks``, limits and that note decide the verdicts above) and ``finish_failed_job``, the only code on arq's
   paths that end a job without running it: retries exhausted (``job-failed``, ``final=True``,
   ``reason="max-tries"``, at ``attempt = max_tries + 1`` — the pickup that found it exhausted, as arq
   itself records it), expired (``job-cancelled``, ``reason="expired"``), aborted before start
@@ -256,7 +257,7 @@ class _Run:
 
 
 def _patch_worker_class(worker_cls: Any) -> None:
-    """Patch ``Worker.__init__`` and ``Worker.finish_failed_job`` once; both stay inert when not ours."""
+    """Patch a few ``Worker`` methods once per process; each stays inert for workers that are not ours."""
     if getattr(worker_cls.__init__, _MARK, None) is not None:
         return
     original_init = worker_cls.__init__
@@ -282,6 +283,42 @@ def _patch_worker_class(worker_cls: Any) -> None:
     setattr(finish_failed_job, _MARK, True)
     worker_cls.__init__ = __init__
     worker_cls.finish_failed_job = finish_failed_job
+    _mark_stopping_before(worker_cls, "handle_sig", is_async=False)
+    _mark_stopping_before(worker_cls, "_sleep_until_tasks_complete", is_async=True)
+
+
+#: Set on a Worker once it has begun cancelling its jobs to stop (signal, close, watch reload).
+_STOPPING = "_flowerbed_stopping"
+
+
+def _mark_stopping_before(worker_cls: Any, name: str, is_async: bool) -> None:
+    """Flag the worker as stopping when ``name`` runs: ``handle_sig`` cancels the jobs at once, and the
+    wait of ``job_completion_wait`` ends right before they are cancelled.
+
+    The flag is what tells a job cut off by shutdown (arq runs it again) from one cut off by its
+    timeout (final). Task state cannot: redis-py cancels the worker's main task for an instant on its
+    own zero-timeout reads, and from Python 3.12 ``wait_for``'s timeout cancels the outer task too.
+    """
+    original = getattr(worker_cls, name, None)
+    if original is None:  # another arq version: jobs cut off by shutdown then read as timeouts
+        return
+    if is_async:
+
+        @functools.wraps(original)
+        async def patched(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await original(self, *args, **kwargs)
+            finally:
+                setattr(self, _STOPPING, True)
+
+    else:
+
+        @functools.wraps(original)
+        def patched(self: Any, *args: Any, **kwargs: Any) -> Any:
+            setattr(self, _STOPPING, True)
+            return original(self, *args, **kwargs)
+
+    setattr(worker_cls, name, patched)
 
 
 # --- enqueues ---------------------------------------------------------------------------------
@@ -589,7 +626,7 @@ class _WorkerState:
         if run.job_id in w.aborting_tasks:
             self._finish(run, EventType.JOB_CANCELLED, False, reason="aborted",
                          exc_type=qualname(exc), exc_message="aborted by Job.abort()")
-        elif not _stopping(w):
+        elif not getattr(w, _STOPPING, False):
             # Nothing but asyncio.wait_for's timeout cancels a job of a running worker.
             source = "func timeout" if run.spec.timeout_s is not None else "job_timeout"
             info = failure_fields(exc)
@@ -652,22 +689,6 @@ class _WorkerState:
         failure = failure_fields(exc) if isinstance(exc, BaseException) else {"exc_message": "job failed (no result)"}
         failure.pop("traceback", None)  # arq's synthetic exception has none worth sending
         rec.emit(EventType.JOB_FAILED, final=True, reason=reason, payload=payload, **failure, **fields)
-
-
-def _stopping(worker: Any) -> bool:
-    """Whether the worker's main task is being cancelled (signal, watch reload or close)."""
-    task = getattr(worker, "main_task", None)
-    if task is None:
-        return False
-    if task.done():
-        return True
-    # (Not allow_pick_jobs: under job_completion_wait it turns off at the signal, while a job can still
-    # time out during the wait; the cancel of the main task comes with the cancel of the jobs.)
-    cancelling = getattr(task, "cancelling", None)
-    if cancelling is not None:  # Python 3.11+
-        return bool(cancelling())
-    waiter = getattr(task, "_fut_waiter", None)  # older Pythons: a cancel lands on what it awaits
-    return bool(getattr(task, "_must_cancel", False) or (waiter is not None and waiter.cancelled()))
 
 
 def _payload(state: _WorkerState, run: _Run) -> dict[str, Any]:

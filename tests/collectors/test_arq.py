@@ -363,3 +363,14 @@ def test_jobs_reach_the_dashboard(lab: ArqLab, flowerbed_server: Callable[..., A
     server.wait_for(lambda: [w["state"] for w in server.get_json("/api/workers?lib=arq")["items"]] == ["lost"],
                     timeout=20)
     assert job(sleeper)["state"] in ("running", "lost")  # "lost" once the dashboard folds it in
+
+
+@pytest.mark.libenv
+@pytest.mark.slow
+def test_timeouts_are_never_taken_for_shutdown(lab: ArqLab) -> None:
+    out = subprocess.run([str(lab.bindir / "python"), "-m", "tests.collectors.apps.arq_timeouts", "80"],
+                         cwd=ROOT, env=lab.env, capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()[-3000:]
+    failed = of(lab.events(), "job-failed")
+    assert len(failed) == 80
+    assert {(e["final"], e.get("reason")) for e in failed} == {(True, "timeout")}
