@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from .config import CollectorConfig
 from .constants import DEFAULT_STREAM_MAXLEN, EVENT_FIELD
-from .events import Redactor, encode
+from .events import Redactor, build, encode
 
 __all__ = ["Emitter", "get_emitter", "shutdown_all"]
 
@@ -74,7 +74,7 @@ class Emitter:
 
     def _reset(self) -> None:
         """Start from nothing: used at construction and in a forked child."""
-        self._buffer: deque[dict[str, Any]] = deque(maxlen=self.capacity)
+        self._buffer: deque[Any] = deque(maxlen=self.capacity)
         self._pending: list[bytes] = []  # an encoded batch that failed to send, retried first
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -94,8 +94,8 @@ class Emitter:
 
     # --- the job's side -------------------------------------------------------------------
 
-    def emit(self, event: dict[str, Any]) -> None:
-        """Queue one event; costs an append, never blocks, never raises."""
+    def emit(self, event: dict[str, Any] | tuple[Any, str, dict[str, Any]]) -> None:
+        """Queue one event (or a Recorder's deferred one); costs an append, never blocks, never raises."""
         try:
             buf = self._buffer
             if len(buf) >= self.capacity:
@@ -223,6 +223,12 @@ class Emitter:
             except IndexError:
                 break
             try:
+                if type(event) is tuple:  # (identity, type, fields) queued by a Recorder
+                    (lib, app, host, pid, worker), etype, fields = event
+                    fields.setdefault("host", host)
+                    fields.setdefault("pid", pid)
+                    fields.setdefault("worker", worker)
+                    event = build(etype, lib, app, **fields)
                 data = encode(event, redactor)
             except Exception:
                 data = None

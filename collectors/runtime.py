@@ -17,13 +17,12 @@ import threading
 import time
 import traceback as tb_module
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, Callable, TypeVar
 
 from .config import CollectorConfig
 from .constants import DEFAULT_TRACEBACK_LIMIT, HEARTBEAT_INTERVAL_S
 from .emitter import Emitter, get_emitter
-from .events import EventType, build, cap_text, cap_traceback
+from .events import EventType, cap_text, cap_traceback
 
 __all__ = [
     "swallow_errors",
@@ -43,16 +42,30 @@ _last_logged = [0.0]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@contextmanager
-def swallow_errors(where: str = "collector") -> Iterator[None]:
-    """Run a hook body; any exception is logged (at most once a minute) and never reaches the job."""
-    try:
-        yield
-    except Exception:
+class swallow_errors:
+    """Run a hook body; any exception is logged (at most once a minute) and never reaches the job.
+
+    A class rather than a generator-based context manager: it runs on every job, and this costs
+    a fifth of the time.
+    """
+
+    __slots__ = ("where",)
+
+    def __init__(self, where: str = "collector") -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is None or not issubclass(exc_type, Exception):
+            return False
         now = time.monotonic()
         if now - _last_logged[0] > 60:
             _last_logged[0] = now
-            log.warning("flowerbed %s error (further errors muted for 60 s)", where, exc_info=True)
+            log.warning("flowerbed %s error (further errors muted for 60 s)", self.where,
+                        exc_info=(exc_type, exc, tb))
+        return True
 
 
 def guarded(fn: F) -> F:
@@ -119,6 +132,7 @@ def trace_fields() -> dict[str, str]:
         return {}
 
 
+_now = time.time
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -151,16 +165,21 @@ class Recorder:
         self.inflight = 0
         self.processed = 0
         self.failed = 0
+        #: Who sent an event; the emitter thread turns (identity, type, fields) into the event.
+        self.identity = (self.lib, self.config.app, self.host, self.pid, self.worker)
 
     def emit(self, type: str, **fields: Any) -> None:
-        """Build an event with this worker's identity and queue it (never raises, never blocks)."""
+        """Queue an event with this worker's identity (never raises, never blocks).
+
+        Only the timestamp is taken here; the event dict is completed on the emitter's thread,
+        which keeps a job's own cost to a tuple and a deque append.
+        """
         if not self.config.enabled:
             return
         try:
-            fields.setdefault("host", self.host)
-            fields.setdefault("pid", self.pid)
-            fields.setdefault("worker", self.worker)
-            self.emitter.emit(build(type, self.lib, self.config.app, **fields))
+            if "ts" not in fields:
+                fields["ts"] = _now()
+            self.emitter.emit((self.identity, type, fields))  # type: ignore[arg-type]
         except Exception:
             pass
 
