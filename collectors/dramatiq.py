@@ -142,6 +142,8 @@ class Collector(Middleware):
     def after_enqueue(self, broker: Any, message: Any, delay: int | None) -> None:
         """A message reached the broker: a send, a retry (Retries' re-enqueue) or a periodiq fire."""
         with swallow_errors("dramatiq after_enqueue"):
+            if isinstance(threading.current_thread(), ConsumerThread):
+                return  # a delayed message moving from its .DQ to its queue: not a new enqueue
             run = self._runs.get(threading.get_ident())
             options = message.options
             eta = options.get("eta")
@@ -164,8 +166,6 @@ class Collector(Middleware):
                     max_attempts=run.max_attempts, **common,
                 )
                 return
-            if isinstance(threading.current_thread(), ConsumerThread):
-                return  # a delayed message moving from its .DQ to its queue: not a new enqueue
             schedule, slot = _schedule_of(message)
             self.recorder.emit(
                 EventType.JOB_ENQUEUED,
