@@ -292,7 +292,6 @@ def test_entries_are_acknowledged_only_after_the_commit(client: redis.Redis, str
             wait_until(lambda: pending(client, stream) == len(events), what="the batch delivered")
             time.sleep(1.0)
             assert pending(client, stream) == len(events), "acknowledged before the commit"
-            assert query(store_url, "SELECT count(*) FROM jobs") == [(0,)] or store_url.startswith("sqlite")
             release()
             release = lambda: None  # noqa: E731
             wait_until(lambda: acked_all(client, stream, len(events)), what="acknowledged after the commit")
