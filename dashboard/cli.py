@@ -131,6 +131,10 @@ def _run_web(settings: Settings, on_started: Callable[[], None] | None = None) -
             on_started()
 
         server.startup = startup  # type: ignore[method-assign]
+    # uvicorn re-raises the signal that stopped it, once its own handlers are removed; these
+    # handlers receive it, so a graceful SIGTERM/SIGINT ends the process with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run()
 
 
