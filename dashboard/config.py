@@ -49,7 +49,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("database_url", str, "sqlite:///./flowerbed.db",
            "store: a SQLite file, or postgresql://user@host/db"),
     Option("consumer", str, "", "this process's consumer name in the group (default host:pid)"),
-    Option("batch_size", int, 5000, "most events read and committed in one transaction"),
+    Option("batch_size", int, 20000, "most events read and committed in one transaction"),
     Option("block_ms", int, 200, "how long one stream read waits for new events (ms)"),
     Option("claim_idle_ms", int, 60000, "pending entries idle this long are claimed from dead consumers (ms)"),
     Option("lost_after_s", float, 30.0, "a worker silent this long is lost, and so are its running jobs (s)"),
@@ -71,7 +71,7 @@ class Settings:
     stream: str = DEFAULT_STREAM
     database_url: str = "sqlite:///./flowerbed.db"
     consumer: str = ""
-    batch_size: int = 5000
+    batch_size: int = 20000
     block_ms: int = 200
     claim_idle_ms: int = 60000
     lost_after_s: float = 30.0

@@ -41,7 +41,7 @@ def test_wheel_installs_and_serves_pages_and_static_files(tmp_path: Path, stream
         assert status == 200 and b"<html" in body.lower()
         assert server.get_json("/api/jobs") == {"items": [], "next_cursor": None}
         imported = subprocess.run([str(python), "-c", "import dashboard; print(dashboard.__file__)"],
-                                  capture_output=True, text=True, check=True).stdout
+                                  capture_output=True, text=True, check=True, cwd=tmp_path).stdout
         assert str(env_dir) in imported  # served from the installed wheel, not this checkout
     finally:
         server.stop()
