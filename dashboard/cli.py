@@ -64,6 +64,9 @@ def _migrate(settings: Settings) -> None:
 
 def _ingest_child(settings: Settings) -> None:
     """Entry point of the ingest process that ``serve`` starts next to the web server."""
+    from .procs import die_with_parent
+
+    die_with_parent(signal.SIGTERM)  # a killed `serve` must not leave ingest running
     _setup_logging(settings)
     from .ingest import run_ingest
 

@@ -131,7 +131,6 @@ class Demo:
         return child
 
     def run(self) -> int:
-        args = self.args
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,7 @@ import orjson
 
 from collectors.constants import EVENT_FIELD
 from collectors.events import JOB_TYPES, SCHEDULE_TYPES, WORKER_TYPES, InvalidEvent, decode
-
-from .keys import event_key
+from dashboard.store.keys import event_key
 
 __all__ = ["Batch", "JobKey", "QUARANTINE_RAW_LIMIT"]
 

@@ -147,7 +147,7 @@ def _apply_jobs(conn: Connection, groups: Mapping[JobKey, list[tuple[int, dict[s
 
 
 def _jk(key: JobKey) -> int:
-    from .keys import job_key
+    from dashboard.store.keys import job_key
 
     return job_key(*key)
 

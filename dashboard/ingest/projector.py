@@ -26,9 +26,8 @@ from typing import Any
 
 import orjson
 
+from dashboard.store.keys import job_key
 from dashboard.store.tables import jobs
-
-from .keys import job_key
 
 __all__ = [
     "COLUMNS", "PHASES", "Row", "new_row", "rank", "fold", "merge_into", "mark_lost", "state_of",

@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 
+from dashboard.store.keys import job_key
 from dashboard.store.tables import job_events, jobs
 
 from .batch import JobKey
-from .keys import job_key
 from .projector import (
     APP,
     COLUMNS,

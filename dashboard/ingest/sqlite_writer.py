@@ -16,7 +16,6 @@ one SQLite file by mistake.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import gc
 import logging
@@ -30,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from dashboard.procs import die_with_parent
 from dashboard.store.tables import jobs
 
 from . import timeline
@@ -100,11 +100,7 @@ class _Exec:
 
 def _die_with_parent(parent: int) -> None:
     """Ask Linux to kill this process when the projection process dies (kill -9 included)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # not Linux: the closed pipe still ends the loop
-        pass
+    die_with_parent(signal.SIGKILL)  # elsewhere than Linux the closed pipe still ends the loop
     if os.getppid() != parent:
         os._exit(0)
 

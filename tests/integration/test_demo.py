@@ -74,7 +74,8 @@ def _group_alive(pgid: int) -> list[str]:
 def demo_keys(client: redis.Redis) -> list[bytes]:
     """Keys the demo's brokers made (the event stream, flowerbed:demo, is meant to stay)."""
     return [*client.scan_iter(match="flowerbed-demo:*", count=1000),
-            *client.scan_iter(match="arq:*:flowerbed-demo-*", count=1000)]
+            *client.scan_iter(match="arq:*:flowerbed-demo-*", count=1000),
+            *client.scan_iter(match="arq:*:refresh_exchange_rates:*", count=1000)]
 
 
 def lib_ready(base: str, lib: str) -> dict[str, bool]:
@@ -103,7 +104,7 @@ def test_demo_runs_all_four_libraries_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     database = tmp_path / "demo.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dashboard.demo", "--port", str(port), "--database-url", str(database),
+        [sys.executable, "-m", "dashboard", "demo", "--port", str(port), "--database-url", str(database),
          "--redis-url", REDIS_URL],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,

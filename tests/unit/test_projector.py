@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dashboard.ingest.keys import event_key
+from dashboard.store.keys import event_key
 from dashboard.ingest.projector import COLUMNS, fold, mark_lost, rollup_outcome
 
 LIB, APP, JOB = "arq", "shop", "job-1"

@@ -1,0 +1,1 @@
+"""Scripts ``flowerbed bench collectors`` runs inside each library's own virtualenv (files, not imports)."""

@@ -1,0 +1,222 @@
+"""What every collector probe shares: interleaved best-of timing, the sentinel jobs, a worker process.
+
+Probes run inside one library's own virtualenv (``python <lib>_probe.py …``), so this module uses
+only the standard library and redis-py (which every library's env has).
+
+Throughput protocol: the queue is filled *before* the worker starts with ``warmup`` no-op jobs, a
+``start`` sentinel, ``jobs`` no-op jobs and an ``end`` sentinel. A sentinel job writes the time it
+ran to a Redis key, so worker start-up and warm-up are outside the measured window:
+``jobs / (end - start)`` is the worker's steady no-op throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any, Callable
+
+REDIS_URL = os.environ.get("FLOWERBED_REDIS_URL", "redis://127.0.0.1:6379/0")
+#: Set to "1" in a worker's environment when its app must install the collector.
+ENV_COLLECTOR = "FB_BENCH_COLLECTOR"
+#: The per-run prefix of every queue, key and namespace a probe's app uses.
+ENV_PREFIX = "FB_BENCH_PREFIX"
+
+
+def with_collector() -> bool:
+    """Whether this process's app installs the collector."""
+    return os.environ.get(ENV_COLLECTOR) == "1"
+
+
+def prefix() -> str:
+    """This run's unique name prefix (set by the probe before it starts a worker)."""
+    return os.environ.get(ENV_PREFIX) or "fbbench:default"
+
+
+def mark(name: str) -> None:
+    """The sentinel job's body: record when it ran."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.set(f"{prefix()}:mark:{name}", repr(time.time()), ex=3600)
+    finally:
+        client.close()
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def output(result: dict[str, Any]) -> None:
+    """The probe's answer: one JSON object on stdout."""
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+# --- in-process cost ------------------------------------------------------------------------------
+
+
+def interleaved(runs: dict[str, Callable[[int], tuple[float, float]]], jobs: int, repeat: int) -> dict[str, Any]:
+    """Time each mode ``repeat`` times, alternating modes; best-of wall and job-thread CPU seconds."""
+    for fn in runs.values():  # warm-up: imports, caches, the emitter's thread and connection
+        fn(max(50, jobs // 10))
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(repeat):
+        for name, fn in runs.items():
+            w, c = fn(jobs)
+            wall[name].append(w)
+            cpu[name].append(c)
+    base, inst = wall["without"], wall["with"]
+    return {
+        "jobs": jobs,
+        "repeat": repeat,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "us_per_job_without": min(base) / jobs * 1e6,
+        "us_per_job_with": min(inst) / jobs * 1e6,
+        # The collector's cost on the job's thread: best-of CPU time of that thread, with minus without.
+        "us_per_job": (min(cpu["with"]) - min(cpu["without"])) / jobs * 1e6,
+        "us_per_job_wall": (min(inst) - min(base)) / jobs * 1e6,
+    }
+
+
+def clocked(body: Callable[[], None]) -> tuple[float, float]:
+    """Wall and this thread's CPU seconds of ``body()``."""
+    w0, c0 = time.perf_counter(), time.thread_time()
+    body()
+    return time.perf_counter() - w0, time.thread_time() - c0
+
+
+def drain_emitters(timeout: float = 5.0) -> None:
+    """Let the emitter threads send what the last run queued, so it does not spill into the next one."""
+    try:
+        from collectors.emitter import _live
+
+        for emitter in list(_live):
+            emitter.flush(timeout)
+    except Exception:
+        pass
+
+
+# --- throughput through a real worker -------------------------------------------------------------
+
+
+def new_prefix(lib: str) -> str:
+    return f"fbbench:{lib}:{uuid.uuid4().hex[:12]}"
+
+
+def run_worker(cmd: list[str], env: dict[str, str], fill: Callable[[], None], jobs: int,
+               timeout: float, cwd: str | None = None) -> dict[str, Any]:
+    """Fill the queue, start the worker, wait for the ``end`` sentinel, stop the worker; jobs/s."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    pre = env[ENV_PREFIX]
+    fill()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        start = end = None
+        while time.monotonic() < deadline:
+            start = client.get(f"{pre}:mark:start")
+            end = client.get(f"{pre}:mark:end")
+            if end is not None:
+                break
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+                raise RuntimeError(f"worker exited early ({proc.returncode}): {err}")
+            time.sleep(0.02)
+        if start is None or end is None:
+            raise RuntimeError(f"worker did not finish {jobs} jobs within {timeout:.0f} s")
+        elapsed = float(end) - float(start)
+        return {"jobs": jobs, "seconds": elapsed, "jobs_per_s": jobs / elapsed}
+    finally:
+        stop(proc)
+        client.close()
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM the worker's process group (a graceful stop), then SIGKILL it after ``grace`` s."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+def cleanup(pre: str, stream: str | None) -> None:
+    """Delete every key under ``pre`` and the run's event stream."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{pre}*", count=1000))
+        if stream:
+            keys.append(stream)
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i:i + 500])
+    finally:
+        client.close()
+
+
+def worker_env(pre: str, collector: bool, stream: str) -> dict[str, str]:
+    env = dict(os.environ)
+    here = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env[ENV_PREFIX] = pre
+    env[ENV_COLLECTOR] = "1" if collector else "0"
+    env["FLOWERBED_STREAM"] = stream
+    env.setdefault("FLOWERBED_APP", "bench")
+    env["FLOWERBED_REDIS_URL"] = REDIS_URL
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def throughput_main(lib: str, argv: list[str], build: Callable[[str, dict[str, str], int, int], tuple[list[str], Callable[[], None]]]) -> None:
+    """``python <lib>_probe.py throughput --jobs N --collector 0|1``: one timed worker run."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--jobs", type=int, default=3000)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--collector", type=int, choices=(0, 1), required=True)
+    p.add_argument("--timeout", type=float, default=180.0)
+    args = p.parse_args(argv)
+    pre = new_prefix(lib)
+    stream = f"{pre}:events"
+    env = worker_env(pre, bool(args.collector), stream)
+    # This process only fills the queue: its app never installs the collector, in either mode.
+    os.environ.update({ENV_PREFIX: pre, ENV_COLLECTOR: "0", "FLOWERBED_STREAM": stream})
+    try:
+        cmd, fill = build(pre, env, args.jobs, args.warmup)
+        result = run_worker(cmd, env, fill, args.jobs, args.timeout)
+        result["collector"] = bool(args.collector)
+        if args.collector:
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL)
+            try:
+                result["events"] = client.xlen(stream)
+            finally:
+                client.close()
+        output(result)
+    finally:
+        cleanup(pre, stream)

@@ -1,0 +1,131 @@
+"""Celery probe: ``task.apply()`` in-process, and a ``celery worker -P solo`` on Redis.
+
+Also the worker's app module (``celery -A celery_probe``): every name comes from ``FB_BENCH_PREFIX``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from celery import Celery, signals
+
+from _common import (REDIS_URL, clocked, drain_emitters, interleaved, log, mark, output, prefix,
+                     throughput_main, with_collector)
+
+QUEUE = f"{prefix()}:q"
+
+app = Celery("fbbench", broker=REDIS_URL)
+app.conf.update(
+    task_default_queue=QUEUE,
+    task_ignore_result=True,
+    worker_enable_remote_control=False,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    # Every kombu key under this run's prefix (bindings, unacked), so cleanup finds them all.
+    broker_transport_options={"global_keyprefix": f"{prefix()}:"},
+)
+
+
+@app.task(name="noop")
+def noop(i: int) -> None:
+    return None
+
+
+@app.task(name="mark")
+def mark_task(name: str) -> None:
+    mark(name)
+
+
+if with_collector():
+    import collectors.celery
+
+    collectors.celery.install(app)
+
+
+def _fill(jobs: int, warmup: int) -> None:
+    with app.producer_or_acquire() as producer:
+        for i in range(warmup):
+            noop.apply_async((i,), producer=producer)
+        mark_task.apply_async(("start",), producer=producer)
+        for i in range(jobs):
+            noop.apply_async((i,), producer=producer)
+        mark_task.apply_async(("end",), producer=producer)
+
+
+def _build(pre: str, env: dict[str, str], jobs: int, warmup: int) -> tuple[list[str], Any]:
+    celery_bin = os.path.join(os.path.dirname(sys.executable), "celery")
+    cmd = [celery_bin, "-A", "celery_probe", "worker", "-P", "solo", "-Q", QUEUE, "-l", "WARNING",
+           "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return cmd, lambda: _fill(jobs, warmup)
+
+
+def _disconnect(collector: Any) -> None:
+    uid = f"flowerbed-{id(app)}"
+    for name in dir(signals):
+        sig = getattr(signals, name)
+        if hasattr(sig, "disconnect") and hasattr(sig, "name"):
+            sig.disconnect(dispatch_uid=f"{uid}-{sig.name}")
+
+
+def inproc(jobs: int, repeat: int, profile: bool) -> None:
+    import collectors.celery
+
+    collector = collectors.celery.install(app)
+    apply = noop.apply
+
+    def loop(n: int) -> None:
+        for i in range(n):
+            apply((i,))
+
+    def without(n: int) -> tuple[float, float]:
+        _disconnect(collector)
+        drain_emitters()
+        return clocked(lambda: loop(n))
+
+    def with_(n: int) -> tuple[float, float]:
+        collector.connect()
+        drain_emitters()
+        return clocked(lambda: loop(n))
+
+    if profile:
+        collector.connect()
+        _profile(lambda: loop(jobs))
+        return
+    result = interleaved({"without": without, "with": with_}, jobs, repeat)
+    result["path"] = "task.apply(): task_prerun, task_success, task_postrun"
+    output(result)
+
+
+def _profile(body: Any) -> None:
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(body)
+    stats = pstats.Stats(prof, stream=sys.stderr)
+    stats.sort_stats(os.environ.get("FB_SORT", "tottime")).print_stats(int(os.environ.get("FB_TOP", "25")))
+    if os.environ.get("FB_CALLERS"):
+        stats.print_callers(os.environ["FB_CALLERS"])
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    if argv and argv[0] == "throughput":
+        throughput_main("celery", argv[1:], _build)
+        return 0
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=("inproc",))
+    p.add_argument("--jobs", type=int, default=5000)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args(argv)
+    log(f"celery: {args.jobs} jobs in-process × {args.repeat}")
+    inproc(args.jobs, args.repeat, args.profile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
