@@ -43,6 +43,15 @@ LIB = "celery"
 HEADER_ENQUEUED_AT = "fb_enqueued_at"
 HEADER_CORRELATION = "fb_correlation_id"
 _MAX_TRACKED = 10_000
+_now = time.time
+_perf = time.perf_counter
+_thread_time = time.thread_time
+_STARTED = EventType.JOB_STARTED
+_SUCCEEDED = EventType.JOB_SUCCEEDED
+#: One guard per hot hook, made once: a guard keeps no per-use state.
+_GUARD_PRERUN = swallow_errors("celery.task_prerun")
+_GUARD_SUCCESS = swallow_errors("celery.task_success")
+_GUARD_POSTRUN = swallow_errors("celery.task_postrun")
 
 #: (job_id, correlation_id, enqueued_at) of the job running in this thread/context.
 _current_job: contextvars.ContextVar[tuple[str, str, float | None] | None] = contextvars.ContextVar(
@@ -73,11 +82,21 @@ def _pool_name(pool: Any) -> str:
 class _Running:
     """What a pool thread remembers about one attempt between task_prerun and task_postrun."""
 
-    __slots__ = ("t0", "cpu0", "attempt", "max_attempts", "queue", "enqueued_at", "corr", "token")
+    __slots__ = ("t0", "cpu0", "attempt", "max_attempts", "queue", "enqueued_at", "corr", "token", "task",
+                 "job_id")
 
-    def __init__(self, **kw: Any) -> None:
-        for k, v in kw.items():
-            setattr(self, k, v)
+    def __init__(self, t0: float, cpu0: float, attempt: int, max_attempts: int | None, queue: str | None,
+                 enqueued_at: float | None, corr: str, token: Any, task: Any = None, job_id: Any = None) -> None:
+        self.task = task
+        self.job_id = job_id
+        self.t0 = t0
+        self.cpu0 = cpu0
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.queue = queue
+        self.enqueued_at = enqueued_at
+        self.corr = corr
+        self.token = token
 
 
 class CeleryCollector:
@@ -95,6 +114,9 @@ class CeleryCollector:
         self._heartbeat: Heartbeat | None = None
         self._inflight_at_shutdown: int | None = None
         self._lock = threading.Lock()
+        #: id(task) -> (task, whether it belongs to our app): ``task.app`` is a class property costing
+        #: more than the rest of a hook; the task is kept in the entry so a reused id cannot match.
+        self._ours_cache: dict[int, tuple[Any, bool]] = {}
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -121,12 +143,30 @@ class CeleryCollector:
             signal.connect(handler, weak=False, dispatch_uid=f"{uid}-{signal.name}")
 
     def _ours(self, task: Any) -> bool:
-        return getattr(task, "app", self.celery_app) is self.celery_app
+        entry = self._ours_cache.get(id(task))
+        if entry is not None and entry[0] is task:
+            return entry[1]
+        ours = getattr(task, "app", self.celery_app) is self.celery_app
+        cache = self._ours_cache
+        if len(cache) >= _MAX_TRACKED:
+            cache.clear()
+        cache[id(task)] = (task, ours)
+        return ours
 
     def _emit(self, type: str, **fields: Any) -> None:
         if self._node is not None:
             fields.setdefault("worker", self._node)
         self.recorder.emit(type, **fields)
+
+    def _send(self, type: str, fields: dict[str, Any]) -> None:
+        """:meth:`_emit` for the per-job hooks, which build their fields as one dict: no re-packing."""
+        rec = self.recorder
+        if not rec.config.enabled:
+            return
+        if self._node is not None:
+            fields.setdefault("worker", self._node)
+        fields["ts"] = _now()
+        rec.emitter.emit((rec.identity, type, fields))
 
     def _max_attempts(self, task: Any) -> int | None:
         max_retries = getattr(task, "max_retries", None)
@@ -304,57 +344,72 @@ class CeleryCollector:
     def on_prerun(self, sender: Any = None, task_id: Any = None, task: Any = None, args: Any = None,
                   kwargs: Any = None, **kw: Any) -> None:
         """Report the attempt as started and start its clocks."""
-        with swallow_errors("celery.task_prerun"):
+        with _GUARD_PRERUN:
             if task is None or not self._ours(task):
                 return
             req = task.request
             corr = getattr(req, HEADER_CORRELATION, None) or task_id
             enqueued_at = _ts(getattr(req, HEADER_ENQUEUED_AT, None))
             info = req.delivery_info or {}
-            state = _Running(
-                t0=time.perf_counter(), cpu0=time.thread_time(),
-                attempt=int(req.retries or 0) + 1, max_attempts=self._max_attempts(task),
-                queue=info.get("routing_key"), enqueued_at=enqueued_at, corr=corr,
-                token=_current_job.set((task_id, corr, enqueued_at)),
-            )
+            queue = info.get("routing_key")
+            attempt = int(req.retries or 0) + 1
+            max_retries = getattr(task, "max_retries", None)
+            max_attempts = None if max_retries is None else int(max_retries) + 1
+            state = _Running(_perf(), _thread_time(), attempt, max_attempts, queue, enqueued_at, corr,
+                             _current_job.set((task_id, corr, enqueued_at)), task, task_id)
             running = self._running
             if len(running) >= _MAX_TRACKED:
                 running.clear()
             running[task_id] = state
-            self._emit(
-                EventType.JOB_STARTED,
-                job_id=task_id,
-                task=task.name,
-                queue=state.queue,
-                attempt=state.attempt,
-                max_attempts=state.max_attempts,
-                enqueued_at=enqueued_at,
-                eta=_ts(req.eta),
-                correlation_id=corr,
-                args_raw=args,
-                kwargs_raw=kwargs,
-                **trace_fields(),
-            )
+            eta = req.eta
+            fields = {
+                "job_id": task_id,
+                "task": task.name,
+                "queue": queue,
+                "attempt": attempt,
+                "max_attempts": max_attempts,
+                "enqueued_at": enqueued_at,
+                "eta": None if eta is None else _ts(eta),
+                "correlation_id": corr,
+                "args_raw": args,  # a reference: redaction and truncation run on the emitter thread
+                "kwargs_raw": kwargs,
+            }
+            trace = trace_fields()
+            if trace:
+                fields.update(trace)
+            self._send(_STARTED, fields)
 
-    def _attempt_fields(self, task_id: str, task: Any) -> dict[str, Any]:
+    def _attempt_fields(self, task_id: str, task: Any, state: _Running | None = None) -> dict[str, Any]:
         """Identity and timings of an attempt, from the running state when this thread ran it."""
-        state = self._running.get(task_id)
-        fields: dict[str, Any] = {"job_id": task_id, "task": getattr(task, "name", None)}
-        if state is not None:
-            fields.update(
-                queue=state.queue, attempt=state.attempt, max_attempts=state.max_attempts,
-                enqueued_at=state.enqueued_at, correlation_id=state.corr,
-                duration_ms=round((time.perf_counter() - state.t0) * 1000.0, 3),
-                cpu_ms=round((time.thread_time() - state.cpu0) * 1000.0, 3),
-            )
-        return fields
+        if state is None:
+            state = self._running.get(task_id)
+        if state is None:
+            return {"job_id": task_id, "task": getattr(task, "name", None)}
+        return {
+            "job_id": task_id,
+            "task": getattr(task, "name", None),
+            "queue": state.queue,
+            "attempt": state.attempt,
+            "max_attempts": state.max_attempts,
+            "enqueued_at": state.enqueued_at,
+            "correlation_id": state.corr,
+            "duration_ms": round((_perf() - state.t0) * 1000.0, 3),
+            "cpu_ms": round((_thread_time() - state.cpu0) * 1000.0, 3),
+        }
 
     def on_success(self, sender: Any = None, result: Any = None, **kw: Any) -> None:
         """Report the attempt as succeeded."""
-        with swallow_errors("celery.task_success"):
+        with _GUARD_SUCCESS:
             if sender is None or not self._ours(sender):
                 return
-            self._emit(EventType.JOB_SUCCEEDED, **self._attempt_fields(sender.request.id, sender))
+            # The attempt this context is running (set by on_prerun) saves reading ``sender.request``,
+            # a thread-local stack lookup; anything unexpected falls back to it.
+            current = _current_job.get()
+            state = self._running.get(current[0]) if current is not None else None
+            if state is None or state.task is not sender or state.job_id != current[0]:  # type: ignore[index]
+                self._send(_SUCCEEDED, self._attempt_fields(sender.request.id, sender))
+            else:
+                self._send(_SUCCEEDED, self._attempt_fields(state.job_id, sender, state))
 
     def on_retry(self, sender: Any = None, request: Any = None, reason: Any = None, einfo: Any = None,
                  **kw: Any) -> None:
@@ -412,7 +467,7 @@ class CeleryCollector:
 
     def on_postrun(self, sender: Any = None, task_id: Any = None, **kw: Any) -> None:
         """Forget the attempt and leave the job's context."""
-        with swallow_errors("celery.task_postrun"):
+        with _GUARD_POSTRUN:
             state = self._running.pop(task_id, None)
             if state is not None and state.token is not None:
                 try:

@@ -219,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         print("flowerbed: the dashboard's dependencies are missing: pip install 'flowerbed[dashboard]'",
               file=sys.stderr)
         return 2
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # argparse cannot hand demo a REMAINDER that starts with an option
+        from .demo import main as demo_main
+
+        return int(demo_main(argv[1:]))
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -7,17 +7,16 @@ with the demo if the demo itself is killed.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from ..procs import die_with_parent
 from .envs import APPS_PACKAGE
 
 __all__ = ["Child", "Spec", "lib_specs", "spawn", "stop_all"]
@@ -82,15 +81,6 @@ class Child:
         return self.proc.poll() is None
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM this child when the demo dies, so a killed demo leaves nothing behind."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 def spawn(spec: Spec, env: Mapping[str, str], cwd: Path, logdir: Path) -> Child:
     """Start one process in its own session, its output going to ``<logdir>/<name>.log``."""
     log = logdir / (spec.name.split(" (")[0].replace(" ", "-") + ".log")
@@ -99,7 +89,7 @@ def spawn(spec: Spec, env: Mapping[str, str], cwd: Path, logdir: Path) -> Child:
         proc = subprocess.Popen(
             list(spec.argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent,  # a killed demo leaves no worker running
         )
     finally:
         out.close()
