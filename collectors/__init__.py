@@ -1,4 +1,3 @@
-# ENGINEERS WRITING A LIBRARY ADAPTER OR ITS TESTS: read /work/main/.helpers/collectors.md FIRST (ground rules from the lead: no git commits, file ownership, test harness).
 """Flowerbed collectors: send job, worker and schedule events from arq, Dramatiq, Taskiq and Celery.
 
 Runs inside workers and producers, so it imports only the standard library and redis-py (4.2–8.x).

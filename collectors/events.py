@@ -1,4 +1,3 @@
-# ENGINEERS WRITING A LIBRARY ADAPTER OR ITS TESTS: read /work/main/.helpers/collectors.md FIRST (ground rules from the lead: no git commits, file ownership, test harness).
 """The Flowerbed event protocol, version 1, as code.
 
 One stream entry holds one event: a JSON object under the field ``e``. This module is the only

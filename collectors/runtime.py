@@ -1,4 +1,3 @@
-# ENGINEERS WRITING A LIBRARY ADAPTER OR ITS TESTS: read /work/main/.helpers/collectors.md FIRST (ground rules from the lead: no git commits, file ownership, test harness).
 """What every library adapter shares: the error guard, worker identity, counters and heartbeats.
 
 An adapter (``collectors.arq``, ``.dramatiq``, ``.taskiq``, ``.celery``) owns a :class:`Recorder`,

@@ -1,8 +1,7 @@
-# ENGINEERS WRITING A LIBRARY ADAPTER OR ITS TESTS: read /work/main/.helpers/collectors.md FIRST (ground rules from the lead: no git commits, file ownership, test harness).
 """Per-library virtualenvs for tests that run real workers (arq, dramatiq, taskiq, celery).
 
 The libraries' latest releases cannot share one environment (arq pins redis<6, taskiq-redis needs
-redis>=8), so each gets its own venv built from ``tests/libenvs/<name>.txt``. Envs are cached under
+redis>=8), so each gets its own venv built from ``dashboard/demo/requirements/<name>.txt`` (the pins `flowerbed demo` ships) or, for test-only envs, ``tests/libenvs/<name>.txt``. Envs are cached under
 ``$FLOWERBED_LIBENV_CACHE`` (default ``~/.cache/flowerbed/libenvs``) keyed by a hash of the
 requirements file, so CI builds them once per machine. The repository root is put on the env's
 path with a ``.pth`` file, so workers import this checkout's ``collectors``.
@@ -22,9 +21,14 @@ ROOT = HERE.parent.parent
 CACHE = Path(os.environ.get("FLOWERBED_LIBENV_CACHE", Path.home() / ".cache" / "flowerbed" / "libenvs"))
 
 
+#: The four job libraries' pins are the ones `flowerbed demo` ships; only test-only envs live here.
+SHIPPED = ROOT / "dashboard" / "demo" / "requirements"
+
+
 def requirements(name: str) -> Path:
-    """The requirements file of one library env."""
-    return HERE / f"{name}.txt"
+    """The requirements file of one env: a test-only one here, else the shipped pins."""
+    local = HERE / f"{name}.txt"
+    return local if local.exists() else SHIPPED / f"{name}.txt"
 
 
 def env_dir(name: str) -> Path:
