@@ -43,7 +43,10 @@ LABEL_ENQUEUED_AT = "fb_enqueued_at"
 #: Label carrying the correlation id from producer to job.
 LABEL_CORRELATION = "fb_correlation_id"
 #: Labels that describe one delivery, not the job: left out of a requeue payload.
-_DELIVERY_LABELS = frozenset({"_retries", "schedule_id", "delay", LABEL_ENQUEUED_AT})
+#: Label naming one attempt's bookkeeping in this worker: a retry middleware may start the next
+#: attempt (same task id) before the failed one's post_execute has run.
+LABEL_RUN = "fb_run"
+_DELIVERY_LABELS = frozenset({"_retries", "schedule_id", "delay", LABEL_ENQUEUED_AT, LABEL_RUN})
 #: Bound on per-task bookkeeping, so hooks another middleware skipped cannot grow it forever.
 _MAX_TRACKED = 10_000
 
@@ -137,7 +140,7 @@ class Collector(TaskiqMiddleware):
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat: Heartbeat | None = None
         self._lag = LoopLagMonitor()
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, _Running] = {}  # keyed by the attempt's LABEL_RUN
         self._errors: dict[str, BaseException] = {}
         self._retry_delays: dict[str, float | None] = {}
         self._sizes: dict[str, int] = {}
@@ -223,10 +226,10 @@ class Collector(TaskiqMiddleware):
             if LABEL_CORRELATION not in labels:
                 current = _current_job.get()
                 labels[LABEL_CORRELATION] = current[1] if current else uuid.uuid4().hex
-            task_id = message.task_id
-            if task_id in self._running and "_retries" in labels:
+            run = str(labels.get(LABEL_RUN))
+            if run in self._running and "_retries" in labels:
                 # A retry middleware is re-sending the running attempt: remember the chosen delay.
-                self._retry_delays[task_id] = _float(labels.get("delay"))
+                self._retry_delays[run] = _float(labels.get("delay"))
             formatter = self.broker.formatter
             if not isinstance(formatter, _SizingFormatter):
                 self.broker.formatter = _SizingFormatter(formatter, self._sizes)
@@ -275,7 +278,9 @@ class Collector(TaskiqMiddleware):
             )
             if len(self._running) >= _MAX_TRACKED:
                 self._running.clear()
-            self._running[message.task_id] = state
+            run = f"{self.recorder.pid}:{state.seq}"  # labels travel as strings
+            labels[LABEL_RUN] = run
+            self._running[run] = state
             rec.emit(
                 EventType.JOB_STARTED,
                 job_id=message.task_id,
@@ -296,16 +301,17 @@ class Collector(TaskiqMiddleware):
         with swallow_errors("taskiq.on_error"):
             if len(self._errors) >= _MAX_TRACKED:
                 self._errors.clear()
-            self._errors[message.task_id] = exception
+            self._errors[str(message.labels.get(LABEL_RUN, message.task_id))] = exception
 
     def post_execute(self, message: Any, result: Any) -> None:
         """Report the attempt's outcome: succeeded, retrying or finally failed."""
         with swallow_errors("taskiq.post_execute"):
             task_id = message.task_id
             rec = self.recorder
-            state = self._running.pop(task_id, None)
-            exc = self._errors.pop(task_id, None)
-            retry_delay = self._retry_delays.pop(task_id, _NO_RETRY)
+            run = str(message.labels.get(LABEL_RUN, task_id))
+            state = self._running.pop(run, None)
+            exc = self._errors.pop(run, None)
+            retry_delay = self._retry_delays.pop(run, _NO_RETRY)
             rec.inflight = max(0, rec.inflight - 1)
             rec.processed += 1
             fields: dict[str, Any] = {
