@@ -49,6 +49,14 @@ LABEL_RUN = "fb_run"
 _DELIVERY_LABELS = frozenset({"_retries", "schedule_id", "delay", LABEL_ENQUEUED_AT, LABEL_RUN})
 #: Bound on per-task bookkeeping, so hooks another middleware skipped cannot grow it forever.
 _MAX_TRACKED = 10_000
+_now = time.time
+_perf = time.perf_counter
+_process_time = time.process_time
+_STARTED = EventType.JOB_STARTED
+_SUCCEEDED = EventType.JOB_SUCCEEDED
+#: One guard per hot hook, made once: a guard keeps no per-use state.
+_GUARD_PRE_EXECUTE = swallow_errors("taskiq.pre_execute")
+_GUARD_POST_EXECUTE = swallow_errors("taskiq.post_execute")
 
 #: (job_id, correlation_id) of the job running in this context: jobs it enqueues inherit it.
 _current_job: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
@@ -94,9 +102,18 @@ class _Running:
     __slots__ = ("t0", "cpu0", "seq", "alone", "attempt", "max_attempts", "queue", "token", "corr",
                  "enqueued_at")
 
-    def __init__(self, **kw: Any) -> None:
-        for k, v in kw.items():
-            setattr(self, k, v)
+    def __init__(self, t0: float, cpu0: float, seq: int, alone: bool, attempt: int, max_attempts: int | None,
+                 queue: str | None, token: Any, corr: Any, enqueued_at: float | None) -> None:
+        self.t0 = t0
+        self.cpu0 = cpu0
+        self.seq = seq
+        self.alone = alone
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.queue = queue
+        self.token = token
+        self.corr = corr
+        self.enqueued_at = enqueued_at
 
 
 class _SizingFormatter:
@@ -263,38 +280,48 @@ class Collector(TaskiqMiddleware):
 
     def pre_execute(self, message: Any) -> Any:
         """Report the attempt as started and start its clocks."""
-        with swallow_errors("taskiq.pre_execute"):
+        with _GUARD_PRE_EXECUTE:
             labels = message.labels
+            task_id = message.task_id
             rec = self.recorder
             rec.inflight += 1
-            self._seq += 1
-            corr = labels.get(LABEL_CORRELATION) or message.task_id
+            self._seq = seq = self._seq + 1
+            corr = labels.get(LABEL_CORRELATION) or task_id
+            queue = labels.get("queue_name") or getattr(self.broker, "queue_name", None)
             state = _Running(
-                t0=time.perf_counter(), cpu0=time.process_time(), seq=self._seq,
-                alone=rec.inflight == 1, attempt=_int(labels.get("_retries"), 0) + 1,
-                max_attempts=self._max_attempts(labels), queue=self._queue(labels),
-                token=_current_job.set((message.task_id, str(corr))), corr=corr,
-                enqueued_at=_float(labels.get(LABEL_ENQUEUED_AT)),
+                _perf(), _process_time(), seq, rec.inflight == 1, _int(labels.get("_retries"), 0) + 1,
+                self._max_attempts(labels), queue, _current_job.set((task_id, str(corr))), corr,
+                _float(labels.get(LABEL_ENQUEUED_AT)),
             )
-            if len(self._running) >= _MAX_TRACKED:
-                self._running.clear()
-            run = f"{self.recorder.pid}:{state.seq}"  # labels travel as strings
+            running = self._running
+            if len(running) >= _MAX_TRACKED:
+                running.clear()
+            run = f"{rec.pid}:{seq}"  # labels travel as strings
             labels[LABEL_RUN] = run
-            self._running[run] = state
-            rec.emit(
-                EventType.JOB_STARTED,
-                job_id=message.task_id,
-                task=message.task_name,
-                queue=state.queue,
-                attempt=state.attempt,
-                max_attempts=state.max_attempts,
-                enqueued_at=state.enqueued_at,
-                correlation_id=corr,
-                args_raw=message.args,
-                kwargs_raw=message.kwargs,
-                **trace_fields(),
-            )
+            running[run] = state
+            fields = {
+                "job_id": task_id,
+                "task": message.task_name,
+                "queue": queue,
+                "attempt": state.attempt,
+                "max_attempts": state.max_attempts,
+                "enqueued_at": state.enqueued_at,
+                "correlation_id": corr,
+                "args_raw": message.args,  # references: redaction and truncation run on the emitter thread
+                "kwargs_raw": message.kwargs,
+            }
+            trace = trace_fields()
+            if trace:
+                fields.update(trace)
+            self._send(_STARTED, fields)
         return message
+
+    def _send(self, type: str, fields: dict[str, Any]) -> None:
+        """``Recorder.emit`` for the per-job hooks, which build their fields as one dict: no re-packing."""
+        rec = self.recorder
+        if rec.config.enabled:
+            fields["ts"] = _now()
+            rec.emitter.emit((rec.identity, type, fields))
 
     def on_error(self, message: Any, result: Any, exception: BaseException) -> None:
         """Keep the real exception: a retry middleware replaces it with NoResultError."""
@@ -305,7 +332,7 @@ class Collector(TaskiqMiddleware):
 
     def post_execute(self, message: Any, result: Any) -> None:
         """Report the attempt's outcome: succeeded, retrying or finally failed."""
-        with swallow_errors("taskiq.post_execute"):
+        with _GUARD_POST_EXECUTE:
             task_id = message.task_id
             rec = self.recorder
             run = str(message.labels.get(LABEL_RUN, task_id))
@@ -329,13 +356,13 @@ class Collector(TaskiqMiddleware):
                 fields["attempt"] = state.attempt
                 fields["max_attempts"] = state.max_attempts
                 fields["enqueued_at"] = state.enqueued_at
-                fields["duration_ms"] = round((time.perf_counter() - state.t0) * 1000.0, 3)
+                fields["duration_ms"] = round((_perf() - state.t0) * 1000.0, 3)
                 if state.alone and state.seq == self._seq and rec.inflight == 0:
                     # CPU time is per process: only attributable when no other job overlapped.
-                    fields["cpu_ms"] = round((time.process_time() - state.cpu0) * 1000.0, 3)
+                    fields["cpu_ms"] = round((_process_time() - state.cpu0) * 1000.0, 3)
             error = result.error if result.is_err else None
             if error is None or isinstance(exc, NoResultError):
-                rec.emit(EventType.JOB_SUCCEEDED, **fields)
+                self._send(_SUCCEEDED, fields)
                 return
             rec.failed += 1
             exc = exc or error

@@ -89,14 +89,14 @@ def _acked(client: Any, stream: str) -> int:
     return 0
 
 
-def _peak_rss(pids: list[int]) -> dict[int, int]:
-    """Peak resident set (VmHWM) of each process, in bytes."""
+def _peak_rss(pids: list[int], field: str = "VmHWM") -> dict[int, int]:
+    """Peak resident set (VmHWM; or ``field``, e.g. VmRSS for the current one) of each process, in bytes."""
     out = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/status") as fh:
                 for line in fh:
-                    if line.startswith("VmHWM:"):
+                    if line.startswith(field + ":"):
                         out[pid] = int(line.split()[1]) * 1024
         except OSError:
             pass
@@ -168,6 +168,8 @@ def measure(redis_url: str, stream: str, database_url: str, total: int, batch_si
     peaks: dict[int, int] = {}
     cpu: dict[int, float] = {}
     first_ack = None
+    #: RSS (MB) of each process when each tenth of the events was acknowledged: flat memory shows here.
+    rss_by_tenth: dict[str, dict[str, float]] = {}
     try:
         while True:
             if proc.poll() is not None:
@@ -184,6 +186,10 @@ def measure(redis_url: str, stream: str, database_url: str, total: int, batch_si
             for pid, rss in _peak_rss(pids).items():
                 peaks[pid] = max(peaks.get(pid, 0), rss)
             cpu.update(_cpu_s(pids))
+            tenth = min(10, done * 10 // max(total, 1))
+            if tenth and f"{tenth * 10}%" not in rss_by_tenth:
+                rss_by_tenth[f"{tenth * 10}%"] = {str(pid): round(rss / 2**20, 1)
+                                                  for pid, rss in sorted(_peak_rss(pids, "VmRSS").items())}
             if progress:
                 _bar("ingest", done, total, started)
             if done >= total:
@@ -210,6 +216,8 @@ def measure(redis_url: str, stream: str, database_url: str, total: int, batch_si
         "peak_rss_mb": {str(pid): round(rss / 2**20, 1) for pid, rss in sorted(peaks.items())},
         "peak_rss_total_mb": round(sum(peaks.values()) / 2**20, 1),
         "cpu_s": {str(pid): round(t, 1) for pid, t in sorted(cpu.items())},
+        "cpu_us_per_event": {str(pid): round(t / total * 1e6, 2) for pid, t in sorted(cpu.items())},
+        "rss_mb_by_tenth": rss_by_tenth,
         "db_bytes": _db_size(database_url),
         "exit_code": proc.returncode,
     }

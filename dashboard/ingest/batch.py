@@ -7,6 +7,7 @@ A bad entry never raises out of here: it becomes a quarantine row with the reaso
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,8 +46,13 @@ class Batch:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add_entries(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> None:
-        """Decode stream entries into the batch; invalid ones are put in quarantine."""
+    def add_entries(self, entries: Sequence[Sequence[Any]]) -> None:
+        """Decode stream entries into the batch; invalid ones are put in quarantine.
+
+        An entry is ``(id, fields)``, its fields either a dict (redis-py's parsed replies) or the
+        flat ``[name, value, …]`` list of a raw reply (what the consumer reads: parsing it into
+        dicts cost more than the rest of the read).
+        """
         now = time.time()
         ids, groups, others = self.ids, self.jobs, self.others
         for sid, fields in entries:
@@ -54,7 +60,14 @@ class Batch:
             if fields is None:  # a pending entry trimmed from the stream before anyone applied it
                 self._reject(sid, now, "entry was trimmed from the stream before it was applied", None)
                 continue
-            raw = fields.get(_FIELD)
+            if type(fields) is list:
+                if len(fields) == 2 and fields[0] == _FIELD:
+                    raw = fields[1]
+                else:
+                    fields = dict(zip(fields[::2], fields[1::2]))
+                    raw = fields.get(_FIELD)
+            else:
+                raw = fields.get(_FIELD)
             if raw is None:
                 self._reject(sid, now, f"entry has no {EVENT_FIELD!r} field", fields)
                 continue

@@ -80,6 +80,10 @@ async def _migrate(url: str) -> None:
         await engine.dispose()
 
 
+def _raw_reply(response: Any, **_options: Any) -> Any:
+    return response
+
+
 class _Session:
     """One connection to Redis and one backend, from start to stop (or to the first error)."""
 
@@ -93,6 +97,10 @@ class _Session:
             settings.redis_url, protocol=2, socket_timeout=max(10.0, settings.block_ms / 1000 + 5),
             socket_connect_timeout=5,
         )
+        # Stream replies stay as hiredis returns them ([id, [field, value, …]]): redis-py's parsing
+        # into tuples of dicts cost ~1.7 µs per entry, more than reading them (Batch takes both).
+        for command in ("XREADGROUP", "XAUTOCLAIM"):
+            self.client.response_callbacks[command] = _raw_reply
 
     def _submit(self, entries: list[Any]) -> None:
         batch = Batch()

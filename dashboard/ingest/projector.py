@@ -93,10 +93,13 @@ def state_of(event: Mapping[str, Any]) -> str | None:
     return None
 
 
-def new_row(lib: str, app: str, job_id: str, ts: float) -> Row:
-    """An empty row for a job first seen at ``ts`` (``id`` is assigned by the store's writer)."""
+def new_row(lib: str, app: str, job_id: str, ts: float, jk: int | None = None) -> Row:
+    """An empty row for a job first seen at ``ts`` (``id`` is assigned by the store's writer).
+
+    ``jk`` is :func:`~dashboard.store.keys.job_key` of the natural key, when the caller has it already.
+    """
     row: Row = [None] * len(COLUMNS)
-    row[JK] = job_key(lib, app, job_id)
+    row[JK] = job_key(lib, app, job_id) if jk is None else jk
     row[LIB], row[APP], row[JOB_ID] = lib, app, job_id
     row[STATE], row[VER], row[VEID] = "queued", 0, 0
     row[CREATED] = row[UPDATED] = ts
@@ -117,17 +120,20 @@ def fold(row: Sequence[Any] | None, events: Iterable[tuple[int, Mapping[str, Any
 
 def merge_into(row: Row, eid: int, event: Mapping[str, Any]) -> None:
     """Merge one event into ``row`` in place (the hot path of :func:`fold`)."""
+    get = event.get
     ts = event["ts"]
     if ts < row[CREATED]:
         row[CREATED] = ts
     if ts > row[UPDATED]:
         row[UPDATED] = ts
     for name, i in _STATIC:
-        value = event.get(name)
-        if value is not None and (row[i] is None or value > row[i]):
-            row[i] = value
+        value = get(name)
+        if value is not None:
+            current = row[i]
+            if current is None or value > current:
+                row[i] = value
     etype = event["type"]
-    enqueued = event.get("enqueued_at")
+    enqueued = get("enqueued_at")
     if etype == "job-enqueued" and (enqueued is None or ts < enqueued):
         enqueued = ts
     if enqueued is not None and (row[ENQUEUED] is None or enqueued < row[ENQUEUED]):

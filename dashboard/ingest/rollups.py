@@ -19,11 +19,10 @@ _BOUNDS = DURATION_BUCKETS_MS
 class Rollups:
     """The rollup deltas of one batch: ``{(period start, lib, app, task, outcome): [n, sum, max, b0…]}``."""
 
-    __slots__ = ("minute", "hour")
+    __slots__ = ("minute",)
 
     def __init__(self) -> None:
         self.minute: dict[tuple[int, str, str, str, str], list[float]] = {}
-        self.hour: dict[tuple[int, str, str, str, str], list[float]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.minute)
@@ -31,23 +30,37 @@ class Rollups:
     def add(self, ts: float, lib: str, app: str, task: str, outcome: str, ms: float | None) -> None:
         """Count one event; ``ms`` (a duration or a wait) also feeds the sum, max and histogram."""
         t = int(ts)
-        minute = t - t % 60
-        bucket = -1 if ms is None else bisect_left(_BOUNDS, ms)
-        for table, start in ((self.minute, minute), (self.hour, t - t % 3600)):
-            key = (start, lib, app, task, outcome)
-            acc = table.get(key)
-            if acc is None:
-                acc = table[key] = [0, 0.0, 0.0] + [0] * _NB
-            acc[0] += 1
-            if bucket >= 0:
-                acc[1] += ms  # type: ignore[operator]
-                if ms > acc[2]:  # type: ignore[operator]
-                    acc[2] = ms  # type: ignore[assignment]
-                acc[3 + bucket] += 1
+        key = (t - t % 60, lib, app, task, outcome)
+        acc = self.minute.get(key)
+        if acc is None:
+            acc = self.minute[key] = [0, 0.0, 0.0] + [0] * _NB
+        acc[0] += 1
+        if ms is not None:
+            acc[1] += ms
+            if ms > acc[2]:
+                acc[2] = ms
+            acc[3 + bisect_left(_BOUNDS, ms)] += 1
+
+    def _hours(self) -> dict[tuple[int, str, str, str, str], list[float]]:
+        """The hour deltas, summed from the minute ones (a batch touches few keys: cheaper than per event)."""
+        hour: dict[tuple[int, str, str, str, str], list[float]] = {}
+        for (minute, lib, app, task, outcome), acc in self.minute.items():
+            key = (minute - minute % 3600, lib, app, task, outcome)
+            into = hour.get(key)
+            if into is None:
+                hour[key] = list(acc)
+                continue
+            into[0] += acc[0]
+            into[1] += acc[1]
+            if acc[2] > into[2]:
+                into[2] = acc[2]
+            for i in range(3, 3 + _NB):
+                into[i] += acc[i]
+        return hour
 
     def rows(self, which: str, ordered: bool = False) -> list[tuple[object, ...]]:
         """Rows for :func:`upsert_sql` (column order); ``ordered`` so concurrent writers lock in one order."""
-        table = self.minute if which == "minute" else self.hour
+        table = self.minute if which == "minute" else self._hours()
         items = sorted(table.items()) if ordered else table.items()
         return [(*key, *acc) for key, acc in items]
 

@@ -17,9 +17,11 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
+from dashboard.store.keys import job_key
+
 from .batch import Batch
 from .sqlite_writer import WriteBatch
-from .timeline import event_values
+from .timeline import compact_values
 
 __all__ = ["SqliteBackend", "WriterFailed"]
 
@@ -43,6 +45,9 @@ class SqliteBackend:
         self.committed = 0
         self.proc: Any = None
         self.conn: Any = None
+        self.client: Any = None
+        #: Stream ids of each batch sent and not yet committed, by sequence number.
+        self.unacked: dict[int, list[bytes]] = {}
         #: Seconds the writer spent in transactions (for profiling).
         self.write_s = 0.0
 
@@ -55,6 +60,10 @@ class SqliteBackend:
         multiprocessing child, so it works whatever the caller's ``__main__`` is; the two ends talk
         through a socket pair wrapped in :class:`multiprocessing.connection.Connection`.
         """
+        import redis
+
+        # XACK is sent from here, once the writer reports the commit: it balances the two processes.
+        self.client = redis.Redis.from_url(self.redis_url, socket_timeout=30, socket_connect_timeout=5)
         here, there = socket.socketpair()
         cmd = [sys.executable, "-m", "dashboard.ingest.sqlite_writer", str(there.fileno()), str(os.getpid()),
                self.db_path, self.redis_url, self.stream, self.group]
@@ -72,7 +81,7 @@ class SqliteBackend:
         try:
             if self.proc is not None and self.proc.poll() is None:
                 self.drain()
-                self.conn.send(None)
+                self.conn.send_bytes(b"")
         except (WriterFailed, OSError, EOFError):
             pass
         finally:
@@ -84,7 +93,9 @@ class SqliteBackend:
                     self.proc.wait(5)
             if self.conn is not None:
                 self.conn.close()
-            self.proc = self.conn = None
+            if self.client is not None:
+                self.client.close()
+            self.proc = self.conn = self.client = None
 
     def pids(self) -> list[int]:
         """Process ids of the writer (for RSS measurements)."""
@@ -112,23 +123,42 @@ class SqliteBackend:
             _kind, seq, took = self._recv()
             self.committed = seq
             self.write_s += took
+            ids = self.unacked.pop(seq, None)
+            if ids:
+                self._ack(ids)
+
+    def _ack(self, ids: list[bytes]) -> None:
+        """XACK a committed batch; on failure its entries stay pending and are applied again later."""
+        try:
+            for i in range(0, len(ids), 10_000):
+                self.client.xack(self.stream, self.group, *ids[i : i + 10_000])
+        except Exception as exc:  # redis errors, or a broken connection
+            log.warning("ingest: XACK failed after commit: %s", exc)
 
     def drain(self) -> None:
         """Block until everything sent is committed and acknowledged."""
         self._wait_done(0)
 
     def _send(self, wb: WriteBatch) -> None:
+        data = wb.dumps()  # while the writer is still busy with the previous batch
         self._wait_done(self.in_flight - 1)
-        self.conn.send(wb)
+        self.conn.send_bytes(data)
 
     def submit(self, batch: Batch) -> None:
         """Hand a batch to the writer (blocks while ``in_flight`` batches are uncommitted)."""
         self.seq += 1
+        self.unacked[self.seq] = batch.ids
         # The timeline rows are built here, where the events are already decoded: it balances the
-        # two processes (the writer still parses the raw JSON again, which is cheaper than pickling dicts).
-        jobs = {key: [(eid, raw, event_values(eid, event)) for eid, event, raw in items]
-                for key, items in batch.jobs.items()}
-        self._send(WriteBatch(seq=self.seq, ids=batch.ids, jobs=jobs, others=batch.others,
+        # two processes (the writer parses the raw JSON again, which is cheaper than sending dicts).
+        # Flat lists of (raw, shape, values) triples: fewer objects to marshal and rebuild.
+        jobs = {}
+        for key, items in batch.jobs.items():
+            flat: list[Any] = [job_key(*key)]  # for a new job's row (costs the writer otherwise)
+            for eid, event, raw in items:
+                flat.append(raw)
+                flat.extend(compact_values(eid, event))
+            jobs[key] = flat
+        self._send(WriteBatch(seq=self.seq, entries=len(batch.ids), jobs=jobs, others=batch.others,
                               quarantine=batch.quarantine, valid=batch.valid, ignored=batch.ignored))
 
     def mark_lost(self, now: float, lost_after_s: float) -> int:

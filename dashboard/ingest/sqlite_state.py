@@ -53,7 +53,8 @@ class Writes:
     def __init__(self) -> None:
         self.inserts: list[tuple[Any, ...]] = []
         self.updates: list[tuple[Any, ...]] = []
-        self.events: list[tuple[Any, ...]] = []
+        #: Timeline rows ``(job, *values)`` by shape (:func:`.timeline.compact_values`).
+        self.events: dict[int, list[tuple[Any, ...]]] = {}
         self.rollups = Rollups()
         self.notice: list[tuple[str, str, str, str]] = []
         self.topics: set[str] = set()
@@ -72,8 +73,12 @@ class JobCache:
         #: Jobs looked up in the database because they were not cached (for profiling).
         self.misses = 0
 
-    def project(self, groups: Mapping[JobKey, list[tuple[int, bytes, tuple[Any, ...]]]], out: Writes) -> None:
-        """Merge each job's new events into its row; fills ``out`` with rows, timeline and rollups."""
+    def project(self, groups: Mapping[JobKey, list[Any]], out: Writes) -> None:
+        """Merge each job's new events into its row; fills ``out`` with rows, timeline and rollups.
+
+        ``groups`` holds each job's ``jk`` hash then its events as flat (raw JSON, shape, values)
+        triples (see :class:`.sqlite_writer.WriteBatch`).
+        """
         lru = self.lru
         missing = [key for key in groups if key not in lru]
         if missing:
@@ -91,23 +96,28 @@ class JobCache:
                 target = updates
                 lru.move_to_end(key)
             fresh = []
-            for eid, raw, values in items:
+            for i in range(1, len(items), 3):
+                values = items[i + 2]
+                eid = values[0]
                 if eid not in seen:
                     seen.add(eid)
-                    fresh.append((eid, loads(raw), values))
+                    fresh.append((eid, loads(items[i]), items[i + 1], values))
             if not fresh:
                 continue
             if row is None:
-                row = new_row(key[0], key[1], key[2], fresh[0][1]["ts"])
+                row = new_row(key[0], key[1], key[2], fresh[0][1]["ts"], items[0])
                 row[ID] = self.next_id
                 self.next_id += 1
                 lru[key] = (row, seen)
-            for eid, event, _values in fresh:
+            for eid, event, _shape, _values in fresh:
                 merge_into(row, eid, event)
             target.append(tuple(row))
             job, lib, app, task = row[ID], row[LIB], row[APP], row[TASK] or ""
-            for _eid, event, values in fresh:
-                timeline.append((job, *values))
+            for _eid, event, shape, values in fresh:
+                rows = timeline.get(shape)
+                if rows is None:
+                    rows = timeline[shape] = []
+                rows.append((job, *values))
                 outcome = rollup_outcome(row, event)
                 if outcome is not None:
                     add(event["ts"], lib, app, task, outcome[0], outcome[1])

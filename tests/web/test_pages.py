@@ -84,7 +84,7 @@ def test_jobs_list_filters_pages_and_fragments(client: TestClient) -> None:
     assert client.get("/jobs?state=nope").status_code == 400
 
 
-def test_jobs_live_rows_fragment(client: TestClient) -> None:
+def test_jobs_live_rows_fragment(client: TestClient, seeded: dict[str, Any]) -> None:
     rows = client.get("/jobs").context["rows"]
     after = rows[5]["id"]
     r = client.get(f"/jobs?after={after}&low={rows[-1]['id']}&changed=0", headers=htmx("job-rows"))
@@ -92,7 +92,8 @@ def test_jobs_live_rows_fragment(client: TestClient) -> None:
     assert [j["id"] for j in r.context["fresh"]] == [j["id"] for j in rows[:5]]
     assert 'class="fresh"' in r.text and 'id="jobs-live"' in r.text and 'hx-swap-oob="true"' in r.text
     assert f"after={rows[0]['id']}" in r.text  # the marker moves up to the newest row shown
-    none_new = client.get(f"/jobs?after={rows[0]['id']}", headers=htmx("job-rows"))
+    # Last refreshed after every seeded change (the newest job was updated a second before seeding ended).
+    none_new = client.get(f"/jobs?after={rows[0]['id']}&changed={seeded['now'] + 5}", headers=htmx("job-rows"))
     assert none_new.context["fresh"] == [] and "<tr" not in none_new.text
 
 
@@ -113,20 +114,44 @@ def test_job_detail_timeline_and_404(client: TestClient, seeded: dict[str, Any])
     assert missing.status_code == 404 and _template(missing) == "pages/error.html"
 
 
-def test_workers_page(client: TestClient) -> None:
+def test_workers_page(client: TestClient, seeded: dict[str, Any]) -> None:
     r = client.get("/workers?span=1h")
     assert r.status_code == 200 and _template(r) == "pages/workers.html"
     assert r.context["counts"] == {"online": 22, "lost": 2, "offline": 0}
     assert [w["state"] for w in r.context["lost"]] == ["lost", "lost"]
-    lanes = r.context["lanes"]
+    assert 'id="lost-workers"' in r.text
+    # The timeline is its own fragment: the page names the lanes and htmx loads the bars at once.
+    assert r.context["lanes"] is None and len(r.context["shown"]) == 24
+    assert 'id="lanes" hx-get="/workers/lanes?span=1h"' in r.text and 'hx-trigger="load,' in r.text
+    assert r.text.count('class="swimlane ') == 24 and "<noscript>" in r.text
+
+    full = client.get("/workers/lanes?span=1h")  # without JavaScript: the same page, timeline drawn in
+    assert full.status_code == 200 and _template(full) == "pages/workers.html"
+    lanes = full.context["lanes"]
     assert lanes and sum(len(lane["bars"]) for lane in lanes) > 100
-    assert all(0 <= b["left"] <= 100 for lane in lanes for b in lane["bars"])
-    assert 'id="lost-workers"' in r.text and 'class="bar o-' in r.text
+    assert all(0 <= b["left"] <= 100 and b["n"] >= 1 for lane in lanes for b in lane["bars"])
+    assert 'class="bar o-' in full.text and 'id="lost-workers"' in full.text
+    # Every job that ran in the span is drawn, alone or inside a merged bar.
+    since, until = full.context["since"], full.context["until"]
+    db = sqlite3.connect(seeded["path"])
+    ran = db.execute("SELECT count(*) FROM jobs WHERE worker IS NOT NULL AND started_at < ? "
+                     "AND coalesce(finished_at, ?) >= ?", (until, until, since)).fetchone()[0]
+    db.close()
+    assert sum(lane["jobs"] for lane in lanes) == ran
+    failed = [b for lane in lanes for b in lane["bars"] if b["state"] == "failed" and b["n"] == 1]
+    assert failed and all(b["href"].startswith("/jobs/") and " · failed" in b["title"] for b in failed)
+    merged = [b for lane in lanes for b in lane["bars"] if b["n"] > 1]
+    assert merged and all(b["href"].startswith("/jobs?worker=") for b in merged)
+    assert f'data-n="{merged[0]["n"]}"' in full.text
+
+    frag = client.get("/workers/lanes?span=1h", headers=htmx("lanes"))
+    assert frag.text.lstrip().startswith('<section class="card" id="lanes"') and "<html" not in frag.text
+    assert 'class="bar o-' in frag.text and 'hx-trigger="sse:jobs' in frag.text
     one = lanes[0]["worker"]["worker"]
     only = client.get("/workers", params={"worker": one})
     assert [w["worker"] for w in only.context["workers"]] == [one]
     frag = client.get("/workers", headers=htmx("workers-main"))
-    assert frag.text.lstrip().startswith('<section id="workers-main"')
+    assert frag.text.lstrip().startswith('<section id="workers-main"') and 'class="bar' not in frag.text
 
 
 def test_status_page(client: TestClient) -> None:

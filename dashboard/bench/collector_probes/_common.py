@@ -119,9 +119,18 @@ def run_worker(cmd: list[str], env: dict[str, str], fill: Callable[[], None], jo
 
     client = redis.Redis.from_url(REDIS_URL)
     pre = env[ENV_PREFIX]
+    import tempfile
+
     fill()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    # A file, not a pipe: a worker logging each job (arq does) would block on a full pipe.
+    errfile = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errfile,
                             stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def tail() -> str:
+        errfile.seek(0)
+        return errfile.read().decode(errors="replace")[-2000:]
+
     try:
         deadline = time.monotonic() + timeout
         start = end = None
@@ -131,15 +140,16 @@ def run_worker(cmd: list[str], env: dict[str, str], fill: Callable[[], None], jo
             if end is not None:
                 break
             if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
-                raise RuntimeError(f"worker exited early ({proc.returncode}): {err}")
+                raise RuntimeError(f"worker exited early ({proc.returncode}): {tail()}")
             time.sleep(0.02)
         if start is None or end is None:
-            raise RuntimeError(f"worker did not finish {jobs} jobs within {timeout:.0f} s")
+            stop(proc)
+            raise RuntimeError(f"worker did not finish {jobs} jobs within {timeout:.0f} s: {tail()}")
         elapsed = float(end) - float(start)
         return {"jobs": jobs, "seconds": elapsed, "jobs_per_s": jobs / elapsed}
     finally:
         stop(proc)
+        errfile.close()
         client.close()
 
 
@@ -158,8 +168,6 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
             except ProcessLookupError:
                 pass
             proc.wait()
-    if proc.stderr is not None:
-        proc.stderr.close()
 
 
 def cleanup(pre: str, stream: str | None) -> None:
@@ -168,7 +176,8 @@ def cleanup(pre: str, stream: str | None) -> None:
 
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        keys = list(client.scan_iter(match=f"{pre}*", count=1000))
+        # arq names its keys arq:job:<job id>: the job ids carry the prefix, so match it anywhere.
+        keys = list(client.scan_iter(match=f"*{pre}*", count=1000))
         if stream:
             keys.append(stream)
         for i in range(0, len(keys), 500):

@@ -9,10 +9,19 @@ import os
 import sys
 from typing import Any
 
+from _common import (
+    REDIS_URL,
+    clocked,
+    drain_emitters,
+    interleaved,
+    log,
+    mark,
+    output,
+    prefix,
+    throughput_main,
+    with_collector,
+)
 from celery import Celery, signals
-
-from _common import (REDIS_URL, clocked, drain_emitters, interleaved, log, mark, output, prefix,
-                     throughput_main, with_collector)
 
 QUEUE = f"{prefix()}:q"
 
@@ -56,9 +65,12 @@ def _fill(jobs: int, warmup: int) -> None:
 
 def _build(pre: str, env: dict[str, str], jobs: int, warmup: int) -> tuple[list[str], Any]:
     celery_bin = os.path.join(os.path.dirname(sys.executable), "celery")
-    cmd = [celery_bin, "-A", "celery_probe", "worker", "-P", "solo", "-Q", QUEUE, "-l", "WARNING",
+    cmd = [celery_bin, "-A", "celery_probe", "worker", "-P", "solo", "-Q", f"{pre}:q", "-l", "WARNING",
            "--without-gossip", "--without-mingle", "--without-heartbeat"]
-    return cmd, lambda: _fill(jobs, warmup)
+    # This file runs as __main__, built before the run's prefix was set: the app is imported afresh.
+    import celery_probe as app_module
+
+    return cmd, lambda: app_module._fill(jobs, warmup)
 
 
 def _disconnect(collector: Any) -> None:

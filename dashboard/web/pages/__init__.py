@@ -9,7 +9,7 @@ from .job_detail import job_detail
 from .jobs import job_list
 from .overview import api_stats, overview
 from .status import status
-from .workers import worker_list
+from .workers import worker_lanes, worker_list
 
 __all__ = ["routes"]
 
@@ -18,6 +18,7 @@ routes = [
     Route("/jobs", job_list, name="job_list"),
     Route("/jobs/{lib}/{app}/{job_id:path}", job_detail, name="job_detail"),
     Route("/workers", worker_list, name="worker_list"),
+    Route("/workers/lanes", worker_lanes, name="worker_lanes"),
     Route("/status", status, name="status"),
     Route("/api/stats", api_stats, name="api_stats"),
     Route("/live", live, name="live"),

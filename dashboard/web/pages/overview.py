@@ -16,6 +16,15 @@ from .render import render
 __all__ = ["overview", "api_stats"]
 
 
+def _rollup_cache(request: Request) -> page_queries.RollupCache:
+    """This app's cache of settled rollup sums, made on first use (shared by the page and /api/stats)."""
+    cache = getattr(request.app.state, "rollup_cache", None)
+    if cache is None:
+        cache = page_queries.RollupCache()
+        request.app.state.rollup_cache = cache
+    return cache
+
+
 async def _stats(request: Request) -> dict[str, Any]:
     params = request.query_params
     since = parse_time("since", params.get("since"))
@@ -25,7 +34,8 @@ async def _stats(request: Request) -> dict[str, Any]:
     app = (params.get("app") or "").strip() or None
     async with request.app.state.engine.connect() as conn:
         stats = await page_queries.overview(conn, window, lib=lib, app=app, now=time.time(),
-                                            lost_after_s=request.app.state.settings.lost_after_s)
+                                            lost_after_s=request.app.state.settings.lost_after_s,
+                                            cache=_rollup_cache(request))
     stats["lib"], stats["app"] = lib, app
     return stats
 

@@ -1,0 +1,200 @@
+"""``flowerbed bench collectors``: what each library's collector costs a job, and a worker's throughput.
+
+Per library, in that library's own virtualenv (:mod:`dashboard.demo.envs`, built on first use), two
+probes from ``collector_probes/`` are run as scripts:
+
+* in-process: ``jobs`` no-op jobs through the library's real execution path (Celery ``task.apply()``,
+  Dramatiq's worker-thread middleware chain on a StubBroker, Taskiq ``kiq`` + ``wait_result`` on an
+  in-place InMemoryBroker, arq's instrumented coroutine as ``Worker.run_job`` calls it), alternating
+  runs without and with the collector. The cost per job is the best-of CPU time of the job's own
+  thread with minus without, over ``jobs`` (the emitter's background thread is not the job's thread;
+  its work shows in the throughput figure). The wall-clock difference is reported beside it.
+* throughput: a real worker process (``celery worker -P solo``, ``dramatiq`` 1 process × 1 thread,
+  ``taskiq worker`` 1 process, ``arq``) on the local Redis drains a queue filled beforehand; sentinel
+  jobs time the steady part (see ``collector_probes/_common.py``). Runs alternate without and with
+  the collector; the best of each gives jobs/s and the loss. Each run has its own queue, keys and
+  event stream, deleted afterwards.
+
+The machine's 1-minute load average is printed with the figures: on a shared machine, read them with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "GOAL_US_PER_JOB", "GOAL_LOSS_PCT"]
+
+LIBS = ("arq", "dramatiq", "taskiq", "celery")
+PROBES = Path(__file__).resolve().parent / "collector_probes"
+#: The goals of issue 3: per job on the job's own thread, and throughput lost to the collector.
+GOAL_US_PER_JOB = 5.0
+GOAL_LOSS_PCT = 2.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flowerbed bench collectors", description=__doc__.split("\n")[0])
+    p.add_argument("--libs", default=",".join(LIBS), help="comma-separated libraries (default: all four)")
+    p.add_argument("--jobs", type=int, default=3000,
+                   help="no-op jobs per throughput run, and per in-process run ×2 (default 3000)")
+    p.add_argument("--repeat", type=int, default=3, help="throughput runs per mode; best-of (default 3)")
+    p.add_argument("--inproc-repeat", type=int, default=7, help="in-process runs per mode; best-of (default 7)")
+    p.add_argument("--skip-throughput", action="store_true", help="only the in-process cost")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--redis-url", default=os.environ.get("FLOWERBED_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    return p
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def env_python(lib: str) -> tuple[Path, str]:
+    """The library's venv python, and which helper built it."""
+    try:
+        from dashboard.demo import envs
+    except ImportError:  # pragma: no cover - a checkout from before the demo's environments
+        from tests.libenvs import ensure_env  # type: ignore[import-not-found]
+
+        return ensure_env(lib) / "python", "tests.libenvs"
+    if not envs.is_ready(lib):
+        _log(f"{lib}: preparing its environment (first run only)…")
+    return envs.ensure_env(lib) / "python", "dashboard.demo.envs"
+
+
+def _probe(python: Path, lib: str, args: list[str], redis_url: str, timeout: float,
+           stream: str | None = None) -> dict[str, Any]:
+    env = dict(os.environ)
+    if stream is not None:
+        env["FLOWERBED_STREAM"] = stream
+    env["FLOWERBED_REDIS_URL"] = redis_url
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env.pop("PYTHONPATH", None)  # the probe directory comes first as the script's own
+    proc = subprocess.run([str(python), str(PROBES / f"{lib}_probe.py"), *args], env=env, cwd=str(PROBES),
+                          capture_output=True, stdin=subprocess.DEVNULL,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace")[-3000:]
+        raise RuntimeError(f"{lib} probe {' '.join(args)} failed ({proc.returncode}):\n{tail}")
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+
+
+def _inproc_stream(lib: str) -> str:
+    import uuid
+
+    return f"fbbench:{lib}:{uuid.uuid4().hex[:12]}:inproc"
+
+
+def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Both measurements for one library."""
+    python, source = env_python(lib)
+    out: dict[str, Any] = {"lib": lib, "env": source, "python": str(python)}
+    stream = _inproc_stream(lib)
+    load0 = _load()
+    _log(f"{lib}: in-process, {args.jobs * 2} jobs × {args.inproc_repeat} per mode (load {load0:.2f})")
+    try:
+        inproc = _probe(python, lib, ["inproc", "--jobs", str(args.jobs * 2), "--repeat", str(args.inproc_repeat)],
+                        args.redis_url, timeout=600, stream=stream)
+    finally:
+        _delete(args.redis_url, stream)
+    out["inproc"] = inproc
+    out["us_per_job"] = round(inproc["us_per_job"], 2)
+    out["us_per_job_wall"] = round(inproc["us_per_job_wall"], 2)
+    out["us_per_job_baseline"] = round(inproc["us_per_job_without"], 2)
+    out["path"] = inproc.get("path")
+    if not args.skip_throughput:
+        runs: dict[str, list[float]] = {"without": [], "with": []}
+        events = []
+        for i in range(args.repeat):
+            for mode, flag in (("without", "0"), ("with", "1")):
+                _log(f"{lib}: throughput {mode} collector, run {i + 1}/{args.repeat}, {args.jobs} jobs "
+                     f"(load {_load():.2f})")
+                r = _probe(python, lib, ["throughput", "--jobs", str(args.jobs), "--collector", flag],
+                           args.redis_url, timeout=900)
+                runs[mode].append(r["jobs_per_s"])
+                if "events" in r:
+                    events.append(r["events"])
+        best_without, best_with = max(runs["without"]), max(runs["with"])
+        out["throughput"] = {"runs": runs, "events_per_run": events}
+        out["jobs_per_s_without"] = round(best_without, 1)
+        out["jobs_per_s_with"] = round(best_with, 1)
+        out["loss_pct"] = round((best_without - best_with) / best_without * 100.0, 2)
+    out["load_avg"] = [round(load0, 2), round(_load(), 2)]
+    return out
+
+
+def _delete(redis_url: str, stream: str) -> None:
+    try:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        try:
+            client.delete(stream)
+        finally:
+            client.close()
+    except Exception as exc:  # pragma: no cover - reported, not fatal
+        _log(f"could not delete {stream}: {exc}")
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{'library':<9} {'µs/job (job thread)':>20} {'µs/job (wall)':>14} {'jobs/s without':>15} "
+        f"{'jobs/s with':>12} {'loss %':>7}  load",
+    ]
+    for r in results:
+        tp = "jobs_per_s_without" in r
+        lines.append(
+            f"{r['lib']:<9} {r['us_per_job']:>20.2f} {r['us_per_job_wall']:>14.2f} "
+            f"{(r['jobs_per_s_without'] if tp else float('nan')):>15.1f} "
+            f"{(r['jobs_per_s_with'] if tp else float('nan')):>12.1f} {(r['loss_pct'] if tp else float('nan')):>7.2f}"
+            f"  {r['load_avg'][0]:.2f}→{r['load_avg'][1]:.2f}"
+        )
+    lines.append(f"goals: ≤ {GOAL_US_PER_JOB:g} µs per job on the job's thread, ≤ {GOAL_LOSS_PCT:g} % throughput loss")
+    for r in results:
+        lines.append(f"  {r['lib']}: {r['path']} (env: {r['env']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``flowerbed bench collectors``."""
+    args = _parser().parse_args(argv)
+    libs = [x.strip() for x in args.libs.split(",") if x.strip()]
+    unknown = [x for x in libs if x not in LIBS]
+    if unknown:
+        _log(f"unknown libraries: {', '.join(unknown)} (choose from {', '.join(LIBS)})")
+        return 2
+    started = time.monotonic()
+    results = []
+    for lib in libs:
+        try:
+            results.append(bench_lib(lib, args))
+        except Exception as exc:
+            _log(f"{lib}: failed: {exc}")
+            return 1
+    report = {
+        "goals": {"us_per_job": GOAL_US_PER_JOB, "loss_pct": GOAL_LOSS_PCT},
+        "jobs": args.jobs,
+        "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
+        "seconds": round(time.monotonic() - started, 1),
+        "libs": {r["lib"]: r for r in results},
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_table(results))
+    return 0

@@ -1,0 +1,36 @@
+"""``flowerbed bench collectors`` runs end to end for one library and reports its figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import redis
+
+pytestmark = [pytest.mark.slow, pytest.mark.libenv]
+
+
+@pytest.mark.timeout(900)
+def test_bench_collectors_reports_celery() -> None:
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    before = set(client.scan_iter("fbbench:*"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "dashboard", "bench", "collectors", "--libs", "celery", "--jobs", "200", "--json"],
+        capture_output=True, text=True, timeout=850,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "celery: throughput" in proc.stderr  # progress goes to stderr, the JSON alone to stdout
+    report = json.loads(proc.stdout)
+    result = report["libs"]["celery"]
+    for field in ("us_per_job_baseline", "jobs_per_s_without", "jobs_per_s_with"):
+        assert result[field] > 0, field
+    # The collector's cost and the loss are differences: on a busy machine either may come out <= 0.
+    for field in ("us_per_job", "us_per_job_wall", "loss_pct"):
+        assert isinstance(result[field], (int, float)), field
+    assert result["throughput"]["events_per_run"] and min(result["throughput"]["events_per_run"]) >= 2 * 200
+    assert report["goals"] == {"us_per_job": 5.0, "loss_pct": 2.0}
+    assert len(report["load_avg"]) == 3
+    assert set(client.scan_iter("fbbench:*")) == before  # queues, keys and streams are gone
+    client.close()
