@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from .config import CollectorConfig
 from .constants import DEFAULT_STREAM_MAXLEN, EVENT_FIELD
-from .events import Redactor, build, encode
+from .events import Redactor, build, encode, use_fast_json
 
 __all__ = ["Emitter", "get_emitter", "shutdown_all"]
 
@@ -69,6 +69,7 @@ class Emitter:
                 import redis  # noqa: F401
             except ImportError:
                 log.warning("flowerbed: redis-py is not installed; events will be dropped")
+            use_fast_json()
         self._reset()
         _live.add(self)
 

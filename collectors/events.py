@@ -219,6 +219,45 @@ def build(type: str, lib: str, app: str, **fields: Any) -> dict[str, Any]:
 # --- redaction and truncation (runs on the emitter's background thread) -----------------------
 
 
+#: One encoder, built once: json.dumps with options builds a new JSONEncoder on every call.
+_json_dumps = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return _json_dumps(obj).encode()
+
+
+_dumps_bytes: Any = _json_bytes
+
+
+def _dumps(obj: Any) -> str:
+    return _dumps_bytes(obj).decode()
+
+
+def use_fast_json() -> bool:
+    """Serialise with orjson when the worker's environment has it (3-5x less CPU on the emitter thread).
+
+    Called by the emitter at construction, so ``import collectors`` itself stays stdlib + redis;
+    the standard library's json remains the fallback, and for values orjson refuses.
+    """
+    global _dumps_bytes
+    try:
+        import orjson
+    except ImportError:
+        return False
+    option = orjson.OPT_NON_STR_KEYS
+
+    def fast(obj: Any) -> bytes:
+        try:
+            return orjson.dumps(obj, default=str, option=option)
+        except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits
+            return _json_bytes(obj)
+
+    _dumps_bytes = fast
+    return True
+_PLAIN: Final = frozenset({int, float, bool, type(None)})
+
+
 class Redactor:
     """Replaces the values of secret-looking keys and cuts long previews."""
 
@@ -232,12 +271,23 @@ class Redactor:
         self._re = re.compile("|".join(re.escape(p) for p in pats), re.IGNORECASE) if pats else None
         self.args_limit = args_limit
         self.capture_args = capture_args
+        self._verdicts: dict[Any, bool] = {}  # argument names repeat: remember each one's verdict
 
     def is_secret(self, key: object) -> bool:
-        return bool(self._re is not None and isinstance(key, str) and self._re.search(key))
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = bool(self._re is not None and isinstance(key, str) and self._re.search(key))
+            if len(self._verdicts) < 4096:
+                self._verdicts[key] = verdict
+        return verdict
 
     def scrub(self, value: Any, depth: int = 0) -> Any:
         """Return a JSON-able copy of ``value`` with secret keys' values replaced."""
+        kind = type(value)
+        if kind is str:
+            return value if len(value) <= self.args_limit else value[: self.args_limit] + "…"
+        if kind in _PLAIN:
+            return value
         if depth > 6:
             return "…"
         if isinstance(value, Mapping):
@@ -269,7 +319,7 @@ def preview(args: Any, kwargs: Any, redactor: Redactor) -> str | None:
         body["args"] = redactor.scrub(list(args))
     if kwargs:
         body["kwargs"] = redactor.scrub(dict(kwargs))
-    text = json.dumps(body, ensure_ascii=False, default=str, separators=(",", ":"))
+    text = _dumps(body)
     limit = redactor.args_limit
     return text if len(text) <= limit else text[:limit] + "…"
 
@@ -290,7 +340,7 @@ def cap_traceback(text: str | None, limit: int = DEFAULT_TRACEBACK_LIMIT) -> str
 
 def cap_payload(payload: Mapping[str, Any], limit: int = DEFAULT_PAYLOAD_LIMIT) -> dict[str, Any]:
     """Return ``payload`` if its JSON fits ``limit`` bytes, else a marker that says it was dropped."""
-    data = json.dumps(payload, ensure_ascii=False, default=str, separators=(",", ":")).encode()
+    data = _dumps_bytes(payload)
     if len(data) <= limit:
         return dict(payload)
     return {"truncated": True, "bytes": len(data), "limit": limit}
@@ -307,14 +357,14 @@ def encode(event: dict[str, Any], redactor: Redactor) -> bytes | None:
         if isinstance(payload, Mapping) and not payload.get("truncated"):
             event["payload"] = cap_payload(payload)
     clean = {k: v for k, v in event.items() if v is not None}
-    data = json.dumps(clean, ensure_ascii=False, default=str, separators=(",", ":")).encode()
+    data = _dumps_bytes(clean)
     if len(data) <= MAX_EVENT_BYTES:
         return data
     # Too big: drop the bulky optional parts rather than the whole event.
     for key in ("payload", "traceback", "args", "result"):
         clean.pop(key, None)
     clean["oversize"] = len(data)
-    data = json.dumps(clean, ensure_ascii=False, default=str, separators=(",", ":")).encode()
+    data = _dumps_bytes(clean)
     return data if len(data) <= MAX_EVENT_BYTES else None
 
 
