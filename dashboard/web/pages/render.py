@@ -77,6 +77,8 @@ def _num(value: float | int | None) -> str:
     v = float(value)
     if abs(v) >= 10_000_000:
         return f"{v / 1e6:.1f}M"
+    if abs(v) >= 1_000_000:
+        return f"{v / 1e6:.2f}M"
     if abs(v) >= 100_000:
         return f"{v / 1e3:.0f}k"
     if v == int(v):
