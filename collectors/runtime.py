@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import traceback as tb_module
-from collections.abc import Iterator
 from typing import Any, Callable, TypeVar
 
 from .config import CollectorConfig
