@@ -50,7 +50,7 @@ _STARTED = EventType.JOB_STARTED
 _SUCCEEDED = EventType.JOB_SUCCEEDED
 #: One guard per hot hook, made once: a guard keeps no per-use state.
 _GUARD_PRERUN = swallow_errors("celery.task_prerun")
-_GUARD_SUCCESS = swallow_errors("celery.task_success")
+_GUARD_SUCCESS = swallow_errors("celery.task_postrun.success")
 _GUARD_POSTRUN = swallow_errors("celery.task_postrun")
 
 #: (job_id, correlation_id, enqueued_at) of the job running in this thread/context.
@@ -127,7 +127,6 @@ class CeleryCollector:
             (signals.before_task_publish, self.on_publish),
             (signals.task_received, self.on_received),
             (signals.task_prerun, self.on_prerun),
-            (signals.task_success, self.on_success),
             (signals.task_retry, self.on_retry),
             (signals.task_failure, self.on_failure),
             (signals.task_postrun, self.on_postrun),
@@ -397,17 +396,13 @@ class CeleryCollector:
             "cpu_ms": round((_thread_time() - state.cpu0) * 1000.0, 3),
         }
 
-    def on_success(self, sender: Any = None, result: Any = None, **kw: Any) -> None:
-        """Report the attempt as succeeded."""
+    def _succeeded(self, sender: Any, task_id: Any, state: Any) -> None:
+        """Report the attempt as succeeded (from task_postrun: one signal less per job than task_success)."""
         with _GUARD_SUCCESS:
             if sender is None or not self._ours(sender):
                 return
-            # The attempt this context is running (set by on_prerun) saves reading ``sender.request``,
-            # a thread-local stack lookup; anything unexpected falls back to it.
-            current = _current_job.get()
-            state = self._running.get(current[0]) if current is not None else None
-            if state is None or state.task is not sender or state.job_id != current[0]:  # type: ignore[index]
-                self._send(_SUCCEEDED, self._attempt_fields(sender.request.id, sender))
+            if state is None or state.task is not sender:
+                self._send(_SUCCEEDED, self._attempt_fields(task_id or sender.request.id, sender))
             else:
                 self._send(_SUCCEEDED, self._attempt_fields(state.job_id, sender, state))
 
@@ -468,6 +463,9 @@ class CeleryCollector:
     def on_postrun(self, sender: Any = None, task_id: Any = None, **kw: Any) -> None:
         """Forget the attempt and leave the job's context."""
         with _GUARD_POSTRUN:
+            state = self._running.get(task_id)
+            if kw.get("state") == "SUCCESS":
+                self._succeeded(sender, task_id, state)
             state = self._running.pop(task_id, None)
             if state is not None and state.token is not None:
                 try:

@@ -414,7 +414,16 @@ class Collector(Middleware):
 
 
 def _middleware(broker: Any, cls: type) -> Any:
-    return next((m for m in broker.middleware if isinstance(m, cls)), None)
+    """The broker's middleware of ``cls``, remembered per broker (this runs for every message)."""
+    stack = broker.middleware
+    try:
+        cache = broker.__dict__.setdefault("_flowerbed_middleware", {})
+    except AttributeError:  # a broker without __dict__: search every time
+        return next((m for m in stack if isinstance(m, cls)), None)
+    key = (cls, len(stack))  # add_middleware changes the length, which invalidates the entry
+    if key not in cache:
+        cache[key] = next((m for m in stack if isinstance(m, cls)), None)
+    return cache[key]
 
 
 def _max_attempts(broker: Any, message: Any) -> int | None:
