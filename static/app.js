@@ -14,6 +14,7 @@
     var now = new Date();
     var hm = pad(d.getHours()) + ":" + pad(d.getMinutes());
     if (fmt === "short") { return hm; }
+    if (fmt === "day") { return MONTHS[d.getMonth()] + " " + d.getDate() + " " + hm; }
     var hms = hm + ":" + pad(d.getSeconds());
     if (d.toDateString() === now.toDateString()) { return hms; }
     var day = MONTHS[d.getMonth()] + " " + d.getDate();

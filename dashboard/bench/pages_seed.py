@@ -176,6 +176,12 @@ def _insert_rollups(db: sqlite3.Connection) -> None:
     )
 
 
+def _index_text(db: sqlite3.Connection) -> None:
+    """Fill the jobs' full-text index, as ingest keeps it, when the schema has one (migration 0002)."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs_fts'").fetchone():
+        db.execute("INSERT INTO jobs_fts(jobs_fts) VALUES ('rebuild')")
+
+
 def seed(path: str, n_jobs: int = 1_000_000, *, span_s: float = 7 * 86400, now: float | None = None,
          seed_value: int = 7, lost_workers: int = 2, progress: bool = False) -> dict[str, Any]:
     """Fill a new SQLite file at ``path``; returns counts and a few ids worth fetching."""
@@ -223,6 +229,7 @@ def seed(path: str, n_jobs: int = 1_000_000, *, span_s: float = 7 * 86400, now: 
         db.executemany(job_sql, job_rows)
         db.executemany(ev_sql, ev_rows)
     _insert_rollups(db)
+    _index_text(db)
     w_sql, w_cols = _row(workers, {k: None for k in (
         "lib", "app", "worker", "host", "pid", "state", "started_at", "last_seen_at", "concurrency", "inflight",
         "processed", "failed", "loop_lag_ms", "rss_bytes", "dropped", "queues")})

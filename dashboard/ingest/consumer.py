@@ -57,7 +57,8 @@ def make_backend(settings: Settings) -> Backend:
         from .sqlite_backend import SqliteBackend
 
         path = os.path.abspath(sqlite_path(settings.database_url))
-        return SqliteBackend(path, settings.redis_url, settings.stream, CONSUMER_GROUP)
+        return SqliteBackend(path, settings.redis_url, settings.stream, CONSUMER_GROUP,
+                             retention_days=settings.retention_days)
     from .postgres_backend import PostgresBackend
 
     return PostgresBackend(settings.database_url, settings.redis_url, settings.stream, CONSUMER_GROUP)

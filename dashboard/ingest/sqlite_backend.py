@@ -37,8 +37,9 @@ class SqliteBackend:
     """Decoded batches in, committed and acknowledged batches out, through a writer process."""
 
     def __init__(self, db_path: str, redis_url: str, stream: str, group: str,
-                 in_flight: int = 2) -> None:
+                 in_flight: int = 2, retention_days: float = 0.0) -> None:
         self.db_path = db_path
+        self.retention_days = retention_days
         self.redis_url, self.stream, self.group = redis_url, stream, group
         self.in_flight = in_flight
         self.seq = 0
@@ -66,7 +67,7 @@ class SqliteBackend:
         self.client = redis.Redis.from_url(self.redis_url, socket_timeout=30, socket_connect_timeout=5)
         here, there = socket.socketpair()
         cmd = [sys.executable, "-m", "dashboard.ingest.sqlite_writer", str(there.fileno()), str(os.getpid()),
-               self.db_path, self.redis_url, self.stream, self.group]
+               self.db_path, self.redis_url, self.stream, self.group, repr(float(self.retention_days))]
         try:
             self.proc = subprocess.Popen(cmd, pass_fds=(there.fileno(),), stdin=subprocess.DEVNULL)
         finally:

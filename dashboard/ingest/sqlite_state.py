@@ -36,11 +36,13 @@ from .projector import (
     rollup_outcome,
 )
 from .rollups import Rollups
+from .search_index import terms
 
 __all__ = ["JobCache", "Writes"]
 
 _SELECT_JOBS = f"SELECT {', '.join(COLUMNS)} FROM {jobs.name}"
 _CHUNK = 500
+_NO_TEXT = (None, None, None, None)
 #: Most (lib, app, job_id, state) entries in one change notice.
 NOTICE_JOBS = 200
 
@@ -48,7 +50,7 @@ NOTICE_JOBS = 200
 class Writes:
     """The rows one transaction writes."""
 
-    __slots__ = ("inserts", "updates", "events", "rollups", "notice", "topics", "fresh")
+    __slots__ = ("inserts", "updates", "events", "rollups", "notice", "topics", "fresh", "fts_add", "fts_del")
 
     def __init__(self) -> None:
         self.inserts: list[tuple[Any, ...]] = []
@@ -60,6 +62,9 @@ class Writes:
         self.topics: set[str] = set()
         #: New (not duplicate) job events.
         self.fresh = 0
+        #: Full-text index rows to add and to remove: (job id, task, args, exc_type, exc_message).
+        self.fts_add: list[tuple[Any, ...]] = []
+        self.fts_del: list[tuple[Any, ...]] = []
 
 
 class JobCache:
@@ -85,6 +90,7 @@ class JobCache:
             self._load(missing)
         loads, add = orjson.loads, out.rollups.add
         inserts, updates, timeline, notice = out.inserts, out.updates, out.events, out.notice
+        fts_add, fts_del = out.fts_add, out.fts_del
         for key, items in groups.items():
             entry = lru.get(key)
             seen: set[int]
@@ -109,9 +115,19 @@ class JobCache:
                 row[ID] = self.next_id
                 self.next_id += 1
                 lru[key] = (row, seen)
+                indexed = None
+            else:
+                indexed = terms(row)
             for eid, event, _shape, _values in fresh:
                 merge_into(row, eid, event)
             target.append(tuple(row))
+            # The search index changes only when the job's text does (most jobs: once, at insert).
+            text = terms(row)
+            if text != indexed:
+                if indexed is not None and indexed != _NO_TEXT:
+                    fts_del.append((row[ID], *indexed))
+                if text != _NO_TEXT:
+                    fts_add.append((row[ID], *text))
             job, lib, app, task = row[ID], row[LIB], row[APP], row[TASK] or ""
             for _eid, event, shape, values in fresh:
                 rows = timeline.get(shape)
@@ -128,6 +144,11 @@ class JobCache:
             out.topics.add("jobs")
         while len(lru) > self.capacity:
             lru.popitem(last=False)
+
+    def forget(self, keys: list[JobKey]) -> None:
+        """Drop jobs from the cache (retention deleted them: a late event starts them afresh)."""
+        for key in keys:
+            self.lru.pop(key, None)
 
     def _load(self, keys: list[JobKey]) -> None:
         """Bring stored jobs that are not cached (evicted, or from before a restart) into the LRU."""

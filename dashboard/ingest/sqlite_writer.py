@@ -34,8 +34,9 @@ import orjson
 from dashboard.procs import die_with_parent
 from dashboard.store.tables import jobs
 
-from . import timeline
+from . import search_index, timeline
 from .others import add_counters, apply_others, insert_quarantine, set_workers_lost
+from .retention import Pruner
 from .rollups import upsert_sql
 from .sqlite_state import JobCache, Writes
 
@@ -167,6 +168,10 @@ def apply(db: sqlite3.Connection, cache: JobCache, wb: WriteBatch) -> Writes:
             if sql is None:
                 sql = _INSERT_EVENTS[shape] = timeline.compact_insert_sql(shape)
             cur.executemany(sql, rows)
+        if out.fts_del:
+            cur.executemany(search_index.DELETE_SQL, out.fts_del)
+        if out.fts_add:
+            cur.executemany(search_index.INSERT_SQL, out.fts_add)
         if out.rollups:
             cur.executemany(_UPSERT_MINUTE, out.rollups.rows("minute"))
             cur.executemany(_UPSERT_HOUR, out.rollups.rows("hour"))
@@ -198,7 +203,8 @@ def _notify(client: Any, channel: str, wb: WriteBatch, out: Writes) -> None:
     client.publish(channel, orjson.dumps(notice))
 
 
-def writer_main(conn: Connection, parent: int, db_path: str, redis_url: str, stream: str, group: str) -> None:
+def writer_main(conn: Connection, parent: int, db_path: str, redis_url: str, stream: str, group: str,
+                retention_days: float = 0.0) -> None:
     """Entry point of the writer process: ready → (batch → commit → XACK → done)* → stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the projection process decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -207,6 +213,7 @@ def writer_main(conn: Connection, parent: int, db_path: str, redis_url: str, str
         lock = _lock(db_path)
         db = open_db(db_path)
         cache = JobCache(db)
+        pruner = Pruner(db, retention_days, forget=cache.forget)
     except Exception as exc:
         conn.send(("error", -1, f"{type(exc).__name__}: {exc}"))
         return
@@ -240,6 +247,15 @@ def writer_main(conn: Connection, parent: int, db_path: str, redis_url: str, str
                 _notify(client, channel, wb, out)
             except Exception as exc:
                 log.warning("ingest: change notice failed after commit: %s", exc)
+            if pruner.due():
+                # Retention between batches, in steps about the size of what the batch added, so
+                # pruning keeps up with ingest without ever holding it up for long.
+                try:
+                    pruner.step(limit=max(500, min(10_000, 2 * len(out.inserts))))
+                except Exception as exc:
+                    log.exception("ingest: pruning failed")
+                    conn.send(("error", wb.seq, f"pruning: {type(exc).__name__}: {exc}"))
+                    return
     finally:
         db.close()
         lock.close()
@@ -247,10 +263,10 @@ def writer_main(conn: Connection, parent: int, db_path: str, redis_url: str, str
 
 
 def main(argv: list[str]) -> int:
-    """``python -m dashboard.ingest.sqlite_writer FD PARENT_PID DB REDIS_URL STREAM GROUP``."""
-    fd, parent, db_path, redis_url, stream, group = argv
+    """``python -m dashboard.ingest.sqlite_writer FD PARENT_PID DB REDIS_URL STREAM GROUP RETENTION_DAYS``."""
+    fd, parent, db_path, redis_url, stream, group, retention_days = argv
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s (writer): %(message)s")
-    args = (Connection(int(fd)), int(parent), db_path, redis_url, stream, group)
+    args = (Connection(int(fd)), int(parent), db_path, redis_url, stream, group, float(retention_days))
     profile = os.environ.get("FLOWERBED_PROFILE_WRITER")  # a path: where the time goes, for benchmarks
     if profile:
         import cProfile

@@ -24,7 +24,7 @@ __all__ = [
     "window_for",
     "percentile",
     "overview",
-    "RollupCache",
+    "SettledCache",
     "swimlanes",
     "LANE_COLUMNS",
     "lost_worker_jobs",
@@ -172,30 +172,30 @@ async def _aggregates_between(conn: AsyncConnection, window: Window, lo: int, hi
     return bins, tasks
 
 
-class RollupCache:
-    """Sums over the settled part of a window, reused by the refreshes that follow (one per app).
+class SettledCache:
+    """What was read from the settled part of a window, reused by the refreshes that follow (one per app).
 
-    A window's rollups keep changing only near its end, where jobs are finishing now. The part
-    older than :data:`SETTLED_AFTER_S` (minute rollups) or the previous hour (hour rollups) is
-    summed once and kept until the window's start moves or ``ttl_s`` passes, which bounds how
-    long a straggling event into that part can go unseen. A 7-day overview then re-reads only its
-    last hour or two instead of ~16,000 hour rows per refresh.
+    Pages keep changing only near their window's end, where jobs are finishing now. The part older
+    than :data:`SETTLED_AFTER_S` (the previous hour, for hour rollups) is read once and kept until
+    its bounds move or ``ttl_s`` passes, which bounds how long a straggling event into that part
+    can go unseen. A 7-day overview then re-reads only its last hour or two instead of ~16,000 hour
+    rows per refresh, and a 1-hour swimlane only its last minutes instead of ~6,000 jobs.
     """
 
     def __init__(self, ttl_s: float = 120.0, max_entries: int = 64) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self._entries: dict[tuple[Any, ...], tuple[float, Aggregates]] = {}
+        self._entries: dict[tuple[Any, ...], tuple[float, Any]] = {}
 
-    def get(self, key: tuple[Any, ...], now: float) -> Aggregates | None:
-        """The sums stored under ``key`` unless they are older than the TTL."""
+    def get(self, key: tuple[Any, ...], now: float) -> Any:
+        """The value stored under ``key`` (None if absent or older than the TTL)."""
         hit = self._entries.get(key)
         if hit is None or now - hit[0] > self.ttl_s:
             return None
         return hit[1]
 
-    def put(self, key: tuple[Any, ...], value: Aggregates, now: float) -> None:
-        """Store sums, dropping expired entries (and the oldest ones past ``max_entries``)."""
+    def put(self, key: tuple[Any, ...], value: Any, now: float) -> None:
+        """Store a value, dropping expired entries (and the oldest ones past ``max_entries``)."""
         for k in [k for k, (t, _) in self._entries.items() if now - t > self.ttl_s]:
             del self._entries[k]
         while len(self._entries) >= self.max_entries:
@@ -203,12 +203,14 @@ class RollupCache:
         self._entries[key] = (now, value)
 
 
-#: Minute rollups older than this are treated as settled by :class:`RollupCache` (late events are rare).
+#: Job states that can still change: a cached job in one of them is read again.
+UNSETTLED_STATES: frozenset[str] = frozenset(("queued", "running", "retrying"))
+#: Minute rollups and jobs older than this are treated as settled by :class:`SettledCache` (late events are rare).
 SETTLED_AFTER_S = 120
 
 
 async def _aggregates(conn: AsyncConnection, window: Window, outcomes: tuple[str, ...], lib: str | None,
-                      app: str | None, now: float, cache: RollupCache | None = None) -> Aggregates:
+                      app: str | None, now: float, cache: SettledCache | None = None) -> Aggregates:
     """Per-bin counts by outcome, and per-task sums with histograms, summed by the database."""
     lo, hi = int(window.since), int(window.until)
     if cache is None:
@@ -314,7 +316,7 @@ async def _schedule_health(conn: AsyncConnection, now: float, lib: str | None, a
 
 async def overview(conn: AsyncConnection, window: Window, *, lib: str | None = None, app: str | None = None,
                    now: float | None = None, lost_after_s: float = 30.0, top: int = 8,
-                   cache: RollupCache | None = None) -> dict[str, Any]:
+                   cache: SettledCache | None = None) -> dict[str, Any]:
     """Everything the overview shows (and /api/stats returns) for one window."""
     now = time.time() if now is None else now
     bin_rows, task_rows = await _aggregates(conn, window, (*ATTEMPT_OUTCOMES, "wait"), lib, app, now, cache)
@@ -420,8 +422,9 @@ _LANE_KEYS = ("id", "worker", "state", "started_at", "finished_at", "task", "lib
 
 
 async def swimlanes(conn: AsyncConnection, names: Sequence[str], since: float, until: float, *,
-                    columns: int = LANE_COLUMNS, gap: int = LANE_GAP_COLUMNS,
-                    lookback_s: float | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
+                    columns: int = LANE_COLUMNS, gap: int = LANE_GAP_COLUMNS, lookback_s: float | None = None,
+                    cache: SettledCache | None = None,
+                    now: float | None = None) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """What each named worker ran in [since, until): ``runs`` of succeeded jobs and every other job itself.
 
     A run is ``{c0, c1, n, t0, t1, task, job}``: first and last column (0 … ``columns``, may reach
@@ -432,31 +435,66 @@ async def swimlanes(conn: AsyncConnection, names: Sequence[str], since: float, u
 
     Only ``jobs_created`` indexes time, so jobs created up to ``lookback_s`` (default: 5 min, or a
     twelfth of a longer span) before ``since`` are considered; jobs running now are found through the
-    state index however long ago they began. The scan fetches narrow rows in index order and they
-    are grouped here: measured on a busy hour (6,000 jobs), SQLite's GROUP BY with the aggregates the
-    bars need took several times longer than fetching the rows.
+    state index however long ago they began. With a ``cache``, jobs first seen more than
+    :data:`SETTLED_AFTER_S` ago are read once a minute (those unfinished then are re-read by id).
+    The scan fetches narrow rows in index order and they are grouped here: measured on a busy hour
+    (6,000 jobs), SQLite's GROUP BY with the aggregates the bars need took several times longer
+    than fetching the rows.
     """
     out: dict[str, dict[str, list[dict[str, Any]]]] = {n: {"runs": [], "jobs": []} for n in names}
     if not names:
         return out
+    now = time.time() if now is None else now
     span = max(1.0, until - since)
     scale = columns / span
     lo = since - (max(300.0, span / 12) if lookback_s is None else lookback_s)
-    scan = select(*_LANE_COLUMNS_FETCHED).where(
-        jobs.c.created_at >= lo, jobs.c.created_at < until, jobs.c.worker.in_(tuple(names)),
-        jobs.c.started_at < until, func.coalesce(jobs.c.finished_at, until) >= since,
-    )
     by_worker: dict[str, list[Any]] = {}
-    for row in await conn.execute(scan):
+
+    def add(row: Any) -> None:
         bucket = by_worker.get(row[1])
         if bucket is None:
             bucket = by_worker[row[1]] = []
         bucket.append(row)
+
+    fresh_from = lo
+    if cache is not None:
+        # Jobs first seen before ``cut`` are read once a minute; those not finished then are re-read by id.
+        cut = int(until - SETTLED_AFTER_S) // 60 * 60
+        start = int(lo) // 600 * 600
+        if cut > start:
+            key = ("lanes", tuple(names), start, cut)
+            settled = cache.get(key, now)
+            if settled is None:
+                stmt = select(*_LANE_COLUMNS_FETCHED).where(
+                    jobs.c.created_at >= start, jobs.c.created_at < cut, jobs.c.worker.in_(tuple(names)),
+                    jobs.c.started_at.is_not(None))
+                fetched = [tuple(r) for r in await conn.execute(stmt)]
+                settled = (fetched, [r[0] for r in fetched if r[2] in UNSETTLED_STATES])
+                cache.put(key, settled, now)
+            cached_rows, unsettled = settled
+            refreshed: dict[int, tuple[Any, ...]] = {}
+            for i in range(0, len(unsettled), 500):
+                stmt = select(*_LANE_COLUMNS_FETCHED).where(jobs.c.id.in_(unsettled[i:i + 500]))
+                refreshed.update((r[0], tuple(r)) for r in await conn.execute(stmt))
+            for row in cached_rows:
+                if row[2] in UNSETTLED_STATES:
+                    row = refreshed.get(row[0], row)
+                if row[3] < until and (row[4] if row[4] is not None else until) >= since:
+                    add(row)
+            fresh_from = cut
+    scan = select(*_LANE_COLUMNS_FETCHED).where(
+        jobs.c.created_at >= fresh_from, jobs.c.created_at < until, jobs.c.worker.in_(tuple(names)),
+        jobs.c.started_at < until, func.coalesce(jobs.c.finished_at, until) >= since,
+    )
+    for row in await conn.execute(scan):
+        add(row)
     # Jobs running now that began before the scan's reach, through the state index alone.
     long_running = select(*_LANE_COLUMNS_FETCHED).where(
         jobs.c.state == "running", jobs.c.worker.in_(tuple(names)), jobs.c.started_at < lo).limit(500)
+    running = {r[0] for rows_ in by_worker.values() for r in rows_ if r[2] == "running"}
     for row in await conn.execute(long_running):
-        by_worker.setdefault(row[1], []).append(row)
+        if row[0] not in running:
+            add(row)
 
     gap1 = gap + 1
     by_start = itemgetter(3)

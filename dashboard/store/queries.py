@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import String, and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql.sqltypes import NullType
 
 from .keys import job_key
 from .tables import job_events, jobs, meta, quarantine, workers
@@ -68,20 +72,11 @@ class JobFilters:
         elif self.states:
             conds.append(jobs.c.state.in_(self.states))
         if self.exc:
-            pattern = _like(self.exc)
-            conds.append(or_(jobs.c.exc_type.like(pattern, escape="\\"),
-                             jobs.c.exc_message.like(pattern, escape="\\")))
+            conds.append(TextMatch(self.exc, ("exc_type", "exc_message")))
         if self.args:
-            conds.append(jobs.c.args.like(_like(self.args), escape="\\"))
+            conds.append(TextMatch(self.args, ("args",)))
         for word in self.text:
-            pattern = _like(word)
-            conds.append(or_(
-                jobs.c.job_id == word,
-                jobs.c.task.like(pattern, escape="\\"),
-                jobs.c.args.like(pattern, escape="\\"),
-                jobs.c.exc_type.like(pattern, escape="\\"),
-                jobs.c.exc_message.like(pattern, escape="\\"),
-            ))
+            conds.append(or_(jobs.c.job_id == word, TextMatch(word, SEARCH_FIELDS)))
         if self.since is not None:
             conds.append(jobs.c.created_at >= self.since)
         if self.until is not None:
@@ -89,9 +84,66 @@ class JobFilters:
         return conds
 
 
-def _like(word: str) -> str:
-    escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
+#: The columns the full-text index holds (SQLite ``jobs_fts``; PostgreSQL's ``jobs_search`` index).
+SEARCH_FIELDS: tuple[str, ...] = ("task", "args", "exc_type", "exc_message")
+#: The document PostgreSQL's GIN index is built on (migration 0002); a query must repeat it exactly.
+PG_DOCUMENT = ("to_tsvector('simple'::regconfig, regexp_replace(coalesce(jobs.task, '') || ' ' || coalesce(jobs.args, '') "
+               "|| ' ' || coalesce(jobs.exc_type, '') || ' ' || coalesce(jobs.exc_message, ''), '[^[:alnum:]]+', ' ', 'g'))")
+_TOKEN = re.compile(r"[^\W_]+")
+
+
+def search_tokens(text: str) -> list[str]:
+    """The words of a search term as both indexes split text: runs of letters and digits."""
+    return [t.lower() for t in _TOKEN.findall(text)]
+
+
+class TextMatch(ColumnElement[bool]):
+    """Jobs whose indexed ``fields`` hold every word of ``text`` (each as a word prefix).
+
+    SQLite answers from the FTS5 table ``jobs_fts``, PostgreSQL from its tsvector GIN index
+    (which covers all four fields, so there a field-restricted search also checks the columns).
+    A term without any word matches nothing.
+    """
+
+    inherit_cache = False
+    type = NullType()  # no "= 1" appended on SQLite, which has no native boolean
+
+    def __init__(self, text: str, fields: tuple[str, ...]) -> None:
+        self.text = text
+        self.fields = fields
+        self.tokens = search_tokens(text)
+
+
+@compiles(TextMatch, "sqlite")
+def _match_sqlite(element: TextMatch, compiler: Any, **kw: Any) -> str:
+    if not element.tokens:
+        return "0 = 1"
+    phrase = " AND ".join(f'"{t}"*' for t in element.tokens)
+    query = phrase if element.fields == SEARCH_FIELDS else f"{{{' '.join(element.fields)}}} : ({phrase})"
+    param = compiler.process(bindparam(None, query, unique=True, type_=String()), **kw)
+    return f"jobs.id IN (SELECT rowid FROM jobs_fts WHERE jobs_fts MATCH {param})"
+
+
+@compiles(TextMatch, "postgresql")
+def _match_postgresql(element: TextMatch, compiler: Any, **kw: Any) -> str:
+    if not element.tokens:
+        return "false"
+    query = " & ".join(f"{t}:*" for t in element.tokens)  # tokens are letters and digits only
+    param = compiler.process(bindparam(None, query, unique=True, type_=String()), **kw)
+    sql = f"{PG_DOCUMENT} @@ to_tsquery('simple'::regconfig, {param})"
+    if element.fields != SEARCH_FIELDS:  # the index covers every field: narrow to the asked ones
+        doc = " || ' ' || ".join(f"coalesce(jobs.{f}, '')" for f in element.fields)
+        sql = (f"({sql} AND to_tsvector('simple'::regconfig, regexp_replace({doc}, '[^[:alnum:]]+', ' ', 'g')) "
+               f"@@ to_tsquery('simple'::regconfig, {param}))")
+    return sql
+
+
+@compiles(TextMatch)
+def _match_other(element: TextMatch, compiler: Any, **kw: Any) -> str:
+    """Any other database: a case-insensitive substring of one of the fields."""
+    pattern = "%" + element.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    clause = or_(*(jobs.c[f].ilike(pattern, escape="\\") for f in element.fields))
+    return str(compiler.process(clause, **kw))
 
 
 async def list_jobs(

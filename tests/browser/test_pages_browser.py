@@ -107,7 +107,7 @@ def test_a_hidden_tab_skips_live_refreshes_and_catches_up_when_shown(data: Serve
     publish(data.stream, story("while-hidden-1", "make_invoice", "succeeded", time.time()))
     data.wait_for(lambda: any(j["job_id"] == "while-hidden-1" for j in data.get_json("/api/jobs")["items"]))
     # The server announced the new job to this page, and the page let it pass without fetching.
-    page.wait_for_function("window.__jobsAnnounced > 0", timeout=15_000)
+    page.wait_for_function("() => window.__jobsAnnounced > 0", timeout=15_000)
     page.wait_for_timeout(1500)
     assert requests == []
     assert page.locator("#job-rows tr").count() == rows_before
@@ -127,12 +127,12 @@ def test_filters_and_search_narrow_the_list_and_survive_reload(data: Server, pag
     wait_live(page)
     page.select_option("select[name=state]", "failed")
     page.wait_for_url("**/jobs?state=failed")
-    page.wait_for_function("document.querySelectorAll('#job-rows tr').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#job-rows tr').length === 2")
     states = page.locator("#job-rows .c-state").all_inner_texts()
     assert states == ["failed", "failed"]
     page.fill("#q", "task:charge_card")
     page.wait_for_url("**q=task%3Acharge_card**")
-    page.wait_for_function("document.querySelectorAll('#job-rows tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#job-rows tr').length === 1")
     assert "dead-1" in page.locator("#job-rows").inner_text()
     page.reload()
     assert page.locator("select[name=state]").input_value() == "failed"
@@ -140,7 +140,7 @@ def test_filters_and_search_narrow_the_list_and_survive_reload(data: Server, pag
     assert page.locator("#job-rows tr").count() == 1
     page.go_back()
     page.wait_for_url("**/jobs?state=failed")
-    page.wait_for_function("document.querySelectorAll('#job-rows tr').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#job-rows tr').length === 2")
 
 
 def test_retried_job_timeline_shows_two_attempts(data: Server, page: Any) -> None:

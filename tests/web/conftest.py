@@ -42,6 +42,8 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         (next_id, job_key("arq", "api", "evil-1"), EVIL_TASK, now - 1, now - 1, "<img src=x onerror=alert(1)>",
          "<b>bold</b>", '{"html": "<script>alert(2)</script>"}'),
     )
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs_fts'").fetchone():
+        db.execute("INSERT INTO jobs_fts(jobs_fts) VALUES ('rebuild')")  # as ingest would index it
     db.commit()
     db.close()
     return {"path": path, "url": f"sqlite:///{path}", "now": now, **info}

@@ -16,11 +16,11 @@ from .render import render
 __all__ = ["overview", "api_stats"]
 
 
-def _rollup_cache(request: Request) -> page_queries.RollupCache:
+def _rollup_cache(request: Request) -> page_queries.SettledCache:
     """This app's cache of settled rollup sums, made on first use (shared by the page and /api/stats)."""
     cache = getattr(request.app.state, "rollup_cache", None)
     if cache is None:
-        cache = page_queries.RollupCache()
+        cache = page_queries.SettledCache()
         request.app.state.rollup_cache = cache
     return cache
 

@@ -53,13 +53,13 @@ def lanes(request: Request, workers: list[dict[str, Any]], runs: dict[str, dict[
     # One route lookup per page, not per bar: the job-detail path up to its {lib}/{app}/{job_id} part.
     job_prefix = path_for(request, "job_detail", lib="l", app="a", job_id="j").removesuffix("l/a/j")
     list_path = path_for(request, "job_list")
-    quoted: dict[str, str] = {}
+    quoted: dict[tuple[str, str], str] = {}
 
     def job_href(j: dict[str, Any]) -> str:
         lib_app = (j["lib"], j["app"])
-        prefix = quoted.get(lib_app)  # type: ignore[call-overload]
+        prefix = quoted.get(lib_app)
         if prefix is None:
-            prefix = quoted[lib_app] = f"{job_prefix}{quote(j['lib'], safe='')}/{quote(j['app'], safe='')}/"  # type: ignore[index]
+            prefix = quoted[lib_app] = f"{job_prefix}{quote(j['lib'], safe='')}/{quote(j['app'], safe='')}/"
         return prefix + quote(j["job_id"], safe="/")
 
     out = []
@@ -111,6 +111,15 @@ def lanes(request: Request, workers: list[dict[str, Any]], runs: dict[str, dict[
     return out
 
 
+def _lane_cache(request: Request) -> page_queries.SettledCache:
+    """This app's cache of settled jobs for the swimlanes, made on first use."""
+    cache = getattr(request.app.state, "lane_cache", None)
+    if cache is None:
+        cache = page_queries.SettledCache(ttl_s=60.0, max_entries=8)
+        request.app.state.lane_cache = cache
+    return cache
+
+
 async def _page(request: Request, with_lanes: bool) -> Response:
     params = request.query_params
     settings = request.app.state.settings
@@ -132,7 +141,8 @@ async def _page(request: Request, with_lanes: bool) -> Response:
         order = {"online": 0, "lost": 1, "offline": 2}
         rows.sort(key=lambda w: (order.get(w["state"], 3), w["lib"], w["app"], w["worker"]))
         shown = [w for w in rows if w["state"] != "offline" or (w.get("stopped_at") or 0) >= since][:MAX_LANES]
-        runs = await page_queries.swimlanes(conn, [w["worker"] for w in shown], since, until) if with_lanes else None
+        runs = await page_queries.swimlanes(conn, [w["worker"] for w in shown], since, until, now=now,
+                                            cache=_lane_cache(request)) if with_lanes else None
         lost = [w for w in rows if w["state"] == "lost"]
         lost_jobs = [] if lanes_only else await page_queries.lost_worker_jobs(conn, [w["worker"] for w in lost])
     counts = {s: sum(1 for w in rows if w["state"] == s) for s in ("online", "lost", "offline")}
