@@ -42,7 +42,7 @@ __all__ = ["JobCache", "Writes"]
 
 _SELECT_JOBS = f"SELECT {', '.join(COLUMNS)} FROM {jobs.name}"
 _CHUNK = 500
-_NO_TEXT = (None, None, None, None)
+_NO_TEXT = (None, None, None, None, None)
 #: Most (lib, app, job_id, state) entries in one change notice.
 NOTICE_JOBS = 200
 

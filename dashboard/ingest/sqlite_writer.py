@@ -271,7 +271,9 @@ def writer_main(conn: Connection, parent: int, db_path: str, redis_url: str, str
     conn.send(("ready", cache.next_id))
     gc.collect()
     gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
+    # A batch unpickles ~10 containers per event: at 100k, gen-0 collections doubled the cost of
+    # receiving it (measured 1.9 -> 0.8 us per event at 1M). Nothing on the hot path makes cycles.
+    gc.set_threshold(1_000_000, 50, 100)
     try:
         while True:
             try:

@@ -80,7 +80,8 @@ def test_search_finds_exactly_the_jobs_with_a_rare_word(
     assert _ids(server, "resize") == {"both-hit"}  # the task name is indexed too
     assert _ids(server, "walrus") == {"changing"}
     assert _ids(server, "nosuchwordanywhere") == set()
-    assert _ids(server, "args-hit") == {"args-hit"}  # a job id still matches as itself
+    assert _ids(server, "changing") == {"changing"}  # job ids are indexed too
+    assert _ids(server, "args-hit") == {"args-hit", "exc-hit", "both-hit"}  # "args"* and "hit"*: in ids and args
     assert len(_ids(server, "timed out")) == 40
 
     # The job fails again with another message: the index follows (old words out, new ones in).

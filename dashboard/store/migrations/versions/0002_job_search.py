@@ -1,6 +1,6 @@
 """full-text search over jobs: FTS5 on SQLite, a tsvector GIN index on PostgreSQL
 
-SQLite: ``jobs_fts``, an external-content FTS5 table over jobs (task, args, exc_type, exc_message)
+SQLite: ``jobs_fts``, an external-content FTS5 table over jobs (job_id, task, args, exc_type, exc_message)
 keyed by ``jobs.id``. Only ingest writes it: a job is indexed when first inserted and again only when
 one of those columns changes (see ``dashboard.ingest.search_index``). PostgreSQL: an expression GIN
 index over the same text, kept by PostgreSQL itself. ``dashboard.store.queries`` reads both.
@@ -22,7 +22,7 @@ depends_on = None
 #: The text PostgreSQL indexes: every run of letters and digits is a word, as SQLite's unicode61
 #: tokenizer splits it (PostgreSQL's own parser keeps "tasks.send_email" or "-42" whole).
 #: ``dashboard.store.queries`` must use the very same expression.
-PG_DOCUMENT = ("to_tsvector('simple'::regconfig, regexp_replace(coalesce(task, '') || ' ' || coalesce(args, '') || ' ' "
+PG_DOCUMENT = ("to_tsvector('simple'::regconfig, regexp_replace(job_id || ' ' || coalesce(task, '') || ' ' || coalesce(args, '') || ' ' "
                "|| coalesce(exc_type, '') || ' ' || coalesce(exc_message, ''), '[^[:alnum:]]+', ' ', 'g'))")
 
 
@@ -31,7 +31,7 @@ def upgrade() -> None:
         op.execute(f"CREATE INDEX IF NOT EXISTS jobs_search ON jobs USING gin ({PG_DOCUMENT})")
         return
     op.execute("CREATE VIRTUAL TABLE IF NOT EXISTS jobs_fts USING fts5("
-               "task, args, exc_type, exc_message, content='jobs', content_rowid='id', "
+               "job_id, task, args, exc_type, exc_message, content='jobs', content_rowid='id', "
                "tokenize='unicode61 remove_diacritics 2')")
     op.execute("INSERT INTO jobs_fts(jobs_fts) VALUES ('rebuild')")  # jobs stored before this revision
 
