@@ -7,7 +7,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import String, and_, bindparam, func, or_, select
+from sqlalchemy import Integer, String, and_, bindparam, func, or_, select
+from sqlalchemy import column as sql_column
+from sqlalchemy import table as sql_table
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement
@@ -114,12 +116,17 @@ class TextMatch(ColumnElement[bool]):
         self.tokens = search_tokens(text)
 
 
+def _fts_query(element: TextMatch) -> str:
+    """The FTS5 MATCH expression for one search term."""
+    phrase = " AND ".join(f'"{t}"*' for t in element.tokens)
+    return phrase if element.fields == SEARCH_FIELDS else f"{{{' '.join(element.fields)}}} : ({phrase})"
+
+
 @compiles(TextMatch, "sqlite")
 def _match_sqlite(element: TextMatch, compiler: Any, **kw: Any) -> str:
     if not element.tokens:
         return "0 = 1"
-    phrase = " AND ".join(f'"{t}"*' for t in element.tokens)
-    query = phrase if element.fields == SEARCH_FIELDS else f"{{{' '.join(element.fields)}}} : ({phrase})"
+    query = _fts_query(element)
     param = compiler.process(bindparam(None, query, unique=True, type_=String()), **kw)
     return f"jobs.id IN (SELECT rowid FROM jobs_fts WHERE jobs_fts MATCH {param})"
 
@@ -153,12 +160,42 @@ async def list_jobs(
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Newest jobs first (by first sight), keyset-paged by id; returns rows and the next cursor id."""
     conds = filters.conditions()
-    if before_id is not None:
-        conds.append(jobs.c.id < before_id)
-    stmt = select(*LIST_COLUMNS).where(and_(True, *conds)).order_by(jobs.c.id.desc()).limit(limit + 1)
+    stmt = None
+    if conn.dialect.name == "sqlite":
+        stmt = _sqlite_search_page(conds, limit, before_id)
+    if stmt is None:
+        if before_id is not None:
+            conds.append(jobs.c.id < before_id)
+        stmt = select(*LIST_COLUMNS).where(and_(True, *conds)).order_by(jobs.c.id.desc()).limit(limit + 1)
     rows = [dict(r._mapping) for r in await conn.execute(stmt)]
     next_id = rows[limit - 1]["id"] if len(rows) > limit else None
     return rows[:limit], next_id
+
+
+_FTS = sql_table("jobs_fts", sql_column("rowid", Integer), sql_column("jobs_fts", String))
+
+
+def _sqlite_search_page(conds: list[Any], limit: int, before_id: int | None) -> Any:
+    """A search page driven by the FTS index, newest match first, stopping at the page's end.
+
+    ``id IN (SELECT rowid … MATCH …)`` makes SQLite collect every match (100k for a common word)
+    or walk a state index checking each row; walking the index in rowid order stops after a page.
+    """
+    matches = [c for c in conds if isinstance(c, TextMatch)]
+    if not matches or any(not m.tokens for m in matches):
+        return None
+    rest = [c for c in conds if not isinstance(c, TextMatch)]
+    query = " AND ".join(f"({_fts_query(m)})" for m in matches)
+    where = [_FTS.c.jobs_fts.op("MATCH")(query), *rest]
+    if before_id is not None:
+        where.append(_FTS.c.rowid < before_id)
+    return (
+        select(*LIST_COLUMNS)
+        .select_from(_FTS.join(jobs, jobs.c.id == _FTS.c.rowid))
+        .where(*where)
+        .order_by(_FTS.c.rowid.desc())
+        .limit(limit + 1)
+    )
 
 
 async def get_job(conn: AsyncConnection, lib: str, app: str, job_id: str) -> dict[str, Any] | None:
