@@ -105,7 +105,7 @@ class CeleryCollector:
     def __init__(self, celery_app: Any, config: CollectorConfig, heartbeat_interval: float | None) -> None:
         self.celery_app = celery_app
         self.recorder = Recorder(LIB, config)
-        self._hb_kwargs = {} if heartbeat_interval is None else {"interval": heartbeat_interval}
+        self._hb_kwargs: dict[str, Any] = {} if heartbeat_interval is None else {"interval": heartbeat_interval}
         self._node: str | None = None  # the worker main process's id, inherited by pool children
         self._running: dict[str, _Running] = {}
         self._received: dict[str, tuple[int, str | None]] = {}
@@ -184,7 +184,7 @@ class CeleryCollector:
             retry_of_current = current is not None and current[0] == job_id
             enqueued_at = headers.get(HEADER_ENQUEUED_AT)
             if enqueued_at is None:
-                enqueued_at = (current[2] if retry_of_current and current[2] else None) or time.time()
+                enqueued_at = (current[2] if current is not None and retry_of_current else None) or time.time()
                 headers[HEADER_ENQUEUED_AT] = enqueued_at
             corr = headers.get(HEADER_CORRELATION)
             if corr is None:

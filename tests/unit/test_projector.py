@@ -7,8 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dashboard.store.keys import event_key
 from dashboard.ingest.projector import COLUMNS, fold, mark_lost, rollup_outcome
+from dashboard.store.keys import event_key
 
 LIB, APP, JOB = "arq", "shop", "job-1"
 T0 = 1_700_000_000.0
