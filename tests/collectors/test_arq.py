@@ -3,104 +3,44 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
-import redis
 
 from collectors.arq import cron_spec
-from collectors.events import validate
-from tests.conftest import REDIS_URL, ROOT
+from tests.collectors.harness import Lab, of
+from tests.conftest import ROOT
 from tests.libenvs import ensure_env
 
 APP = "tests.collectors.apps.arq_app"
 
 
-class ArqLab:
+class ArqLab(Lab):
     """One test's arq world: a private prefix (queue, keys), a private stream, its worker processes."""
 
-    def __init__(self, bindir: Path, stream: str, tmp_path: Path) -> None:
-        self.bindir = bindir
-        self.stream = stream
-        self.tmp_path = tmp_path
-        self.prefix = f"fbarq{uuid.uuid4().hex[:10]}"
-        self.redis = redis.Redis.from_url(REDIS_URL)
-        self.env = {
-            **os.environ,
-            "FBTEST_PREFIX": self.prefix,
-            "FLOWERBED_STREAM": stream,
-            "FLOWERBED_REDIS_URL": REDIS_URL,
-            "FLOWERBED_APP": "arqtest",
-        }
-        self.workers: list[subprocess.Popen[bytes]] = []
+    tag = "arq"
+    app = "arqtest"
+    stop_timeout = 20.0
+
+    @property
+    def workers(self) -> list[subprocess.Popen[bytes]]:
+        return self.procs
 
     def worker(self, **env: str) -> subprocess.Popen[bytes]:
-        log = open(self.tmp_path / f"arq-worker-{len(self.workers)}.log", "wb")
-        proc = subprocess.Popen(
-            [str(self.bindir / "arq"), f"{APP}.WorkerSettings"],
-            cwd=ROOT, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        self.workers.append(proc)
-        return proc
+        return self.spawn("arq", f"{APP}.WorkerSettings", env=env)
 
     def client(self, cmd: str, arg: Any) -> list[str]:
-        out = subprocess.run(
-            [str(self.bindir / "python"), "-m", "tests.collectors.apps.arq_client", cmd,
-             arg if isinstance(arg, str) else json.dumps(arg)],
-            cwd=ROOT, env=self.env, capture_output=True, timeout=60,
-        )
-        assert out.returncode == 0, out.stderr.decode()
-        return out.stdout.decode().split()
+        return self.run_module("tests.collectors.apps.arq_client", cmd,
+                               arg if isinstance(arg, str) else json.dumps(arg)).split()
 
     def enqueue(self, *calls: tuple[str, list[Any], dict[str, Any]]) -> list[str]:
         return self.client("enqueue", [list(c) for c in calls])
-
-    def events(self) -> list[dict[str, Any]]:
-        return [validate(json.loads(fields[b"e"])) for _, fields in self.redis.xrange(self.stream)]
-
-    def wait(self, check: Callable[[list[dict[str, Any]]], Any], timeout: float = 30.0) -> list[dict[str, Any]]:
-        """Poll the stream until ``check(events)`` is truthy; returns the events."""
-        deadline = time.monotonic() + timeout
-        while True:
-            events = self.events()
-            if check(events):
-                return events
-            if time.monotonic() > deadline:
-                logs = "\n".join(p.read_text()[-3000:] for p in sorted(self.tmp_path.glob("arq-worker-*.log")))
-                raise AssertionError(f"timed out; {len(events)} events: {events[-15:]}\n{logs}")
-            time.sleep(0.1)
-
-    def stop(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        return proc.returncode
-
-    def close(self) -> None:
-        for proc in self.workers:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        keys = list(self.redis.scan_iter(f"{self.prefix}*"))
-        if keys:
-            self.redis.delete(*keys)
-        self.redis.close()
-
-
-def of(events: list[dict[str, Any]], type: str, **match: Any) -> list[dict[str, Any]]:
-    return [e for e in events if e["type"] == type and all(e.get(k) == v for k, v in match.items())]
 
 
 @pytest.fixture(scope="module")

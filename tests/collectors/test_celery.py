@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import redis
 
-from tests.conftest import REDIS_URL, ROOT
+from tests.collectors.harness import Lab, of
 from tests.libenvs import ensure_env
 
 pytestmark = pytest.mark.libenv
@@ -24,81 +20,27 @@ APP = "tests.collectors.apps.celery_app"
 T = APP + "."
 
 
-class CeleryLab:
+class CeleryLab(Lab):
     """One test's Celery world: a private queue and key prefix, a private stream, its processes."""
 
+    tag = "cel"
+    app = "celtest"
+    stop_group = True
+
     def __init__(self, bindir: Path, stream: str, tmp_path: Path) -> None:
-        self.bindir = bindir
-        self.stream = stream
-        self.tmp_path = tmp_path
-        self.prefix = f"fbcel{uuid.uuid4().hex[:10]}"
+        super().__init__(bindir, stream, tmp_path, FBTEST_BEAT_FILE=str(tmp_path / "beat-schedule"))
         self.queue = f"{self.prefix}-q"
-        self.redis = redis.Redis.from_url(REDIS_URL)
-        self.env = {
-            **os.environ,
-            "FBTEST_PREFIX": self.prefix,
-            "FBTEST_BEAT_FILE": str(tmp_path / "beat-schedule"),
-            "FLOWERBED_STREAM": stream,
-            "FLOWERBED_REDIS_URL": REDIS_URL,
-            "FLOWERBED_APP": "celtest",
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
 
     def celery(self, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.tmp_path / f"celery-{len(self.procs)}.log", "wb")
-        proc = subprocess.Popen([str(self.bindir / "celery"), "-A", f"{APP}:app", *args], cwd=ROOT, env=self.env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
-        return proc
+        return self.spawn("celery", "-A", f"{APP}:app", *args)
 
     def worker(self, pool: str, concurrency: int = 2) -> subprocess.Popen[bytes]:
         return self.celery("worker", "-P", pool, "-c", str(concurrency), "-Q", self.queue,
                            "-n", f"{self.prefix}@%h", "--without-gossip", "--without-mingle", "-l", "warning")
 
     def client(self, *names: str) -> dict[str, str]:
-        out = subprocess.run([str(self.bindir / "python"), "-m", "tests.collectors.apps.celery_client", *names],
-                             cwd=ROOT, env=self.env, capture_output=True, timeout=60)
-        assert out.returncode == 0, out.stderr.decode()
-        return json.loads(out.stdout.decode().strip().splitlines()[-1])
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(fields[b"e"]) for _, fields in self.redis.xrange(self.stream)]
-
-    def wait(self, check: Callable[[list[dict[str, Any]]], Any], timeout: float = 30.0) -> list[dict[str, Any]]:
-        """Poll the stream until ``check(events)`` is truthy."""
-        deadline = time.monotonic() + timeout
-        while True:
-            events = self.events()
-            if check(events):
-                return events
-            if time.monotonic() > deadline:
-                logs = "\n".join(p.read_text()[-3000:] for p in sorted(self.tmp_path.glob("celery-*.log")))
-                raise AssertionError(f"timed out; {len(events)} events: {events[-10:]}\n{logs}")
-            time.sleep(0.1)
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> int:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        return proc.returncode
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        keys = list(self.redis.scan_iter(f"{self.prefix}*"))
-        if keys:
-            self.redis.delete(*keys)
-        self.redis.close()
-
-
-def of(events: list[dict[str, Any]], type: str, **match: Any) -> list[dict[str, Any]]:
-    return [e for e in events if e["type"] == type and all(e.get(k) == v for k, v in match.items())]
+        out = self.run_module("tests.collectors.apps.celery_client", *names)
+        return json.loads(out.strip().splitlines()[-1])
 
 
 def finished(ids: dict[str, str]) -> Callable[[list[dict[str, Any]]], bool]:

@@ -11,17 +11,14 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import redis
 
-from collectors.events import validate
-from tests.conftest import REDIS_URL, ROOT
+from tests.collectors.harness import Events, Lab, of
 from tests.libenvs import ensure_env
 
 APP = "tests.collectors.apps.dramatiq_app"
@@ -29,92 +26,36 @@ APP = "tests.collectors.apps.dramatiq_app"
 pytestmark = [pytest.mark.libenv, pytest.mark.slow]
 
 
-class DramatiqLab:
+class DramatiqLab(Lab):
     """One test's Dramatiq world: private queue names, a private stream, its processes."""
 
-    def __init__(self, bindir: Path, stream: str, tmp_path: Path, broker: str, position: str = "append") -> None:
-        self.bindir = bindir
-        self.stream = stream
-        self.tmp_path = tmp_path
-        self.broker = broker
-        self.prefix = f"fbdq{uuid.uuid4().hex[:10]}"
-        self.queue = f"{self.prefix}-q"
-        self.redis = redis.Redis.from_url(REDIS_URL)
-        self.env = {
-            **os.environ,
-            "FBTEST_PREFIX": self.prefix,
-            "FBTEST_BROKER": broker,
-            "FBTEST_POSITION": position,
-            "FLOWERBED_STREAM": stream,
-            "FLOWERBED_REDIS_URL": REDIS_URL,
-            "FLOWERBED_APP": "dqtest",
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
+    tag = "dq"
+    app = "dqtest"
 
-    def _spawn(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
-        log = open(self.tmp_path / f"{name}-{len(self.procs)}.log", "wb")
-        proc = subprocess.Popen([str(self.bindir / name), *argv], cwd=ROOT, env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
-        return proc
+    def __init__(self, bindir: Path, stream: str, tmp_path: Path, broker: str, position: str = "append") -> None:
+        super().__init__(bindir, stream, tmp_path, FBTEST_BROKER=broker, FBTEST_POSITION=position)
+        self.broker = broker
+        self.queue = f"{self.prefix}-q"
 
     def worker(self) -> subprocess.Popen[bytes]:
-        return self._spawn("dramatiq", APP, "--processes", "1", "--threads", "2")
+        return self.spawn("dramatiq", APP, "--processes", "1", "--threads", "2")
 
     def periodiq(self) -> subprocess.Popen[bytes]:
-        return self._spawn("periodiq", APP)
+        return self.spawn("periodiq", APP)
 
     def client(self, cmd: str, arg: Any = "") -> list[str]:
-        out = subprocess.run(
-            [str(self.bindir / "python"), "-m", "tests.collectors.apps.dramatiq_client", cmd,
-             arg if isinstance(arg, str) else json.dumps(arg)],
-            cwd=ROOT, env=self.env, capture_output=True, timeout=60,
-        )
-        assert out.returncode == 0, out.stderr.decode()[-3000:]
-        return out.stdout.decode().split()
+        return self.run_module("tests.collectors.apps.dramatiq_client", cmd,
+                               arg if isinstance(arg, str) else json.dumps(arg)).split()
 
     def send(self, *calls: tuple[str, list[Any], dict[str, Any], dict[str, Any]]) -> list[str]:
         return self.client("send", [list(c) for c in calls])
 
-    def events(self) -> list[dict[str, Any]]:
-        return [validate(json.loads(fields[b"e"])) for _, fields in self.redis.xrange(self.stream)]
+    def wait(self, check: Callable[[Events], Any], timeout: float = 40.0) -> Events:
+        return super().wait(check, timeout)
 
-    def wait(self, check: Callable[[list[dict[str, Any]]], Any], timeout: float = 40.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            events = self.events()
-            if check(events):
-                return events
-            if time.monotonic() > deadline:
-                logs = "\n".join(p.read_text()[-3000:] for p in sorted(self.tmp_path.glob("*.log")))
-                raise AssertionError(f"timed out; {len(events)} events: {events[-12:]}\n{logs}")
-            time.sleep(0.1)
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> int:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        return proc.returncode
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+    def cleanup(self) -> None:
         if self.broker == "rabbitmq":
             self.client("cleanup")
-        keys = list(self.redis.scan_iter(f"{self.prefix}*"))
-        if keys:
-            self.redis.delete(*keys)
-        self.redis.close()
-
-
-def of(events: list[dict[str, Any]], type: str, **match: Any) -> list[dict[str, Any]]:
-    return [e for e in events if e["type"] == type and all(e.get(k) == v for k, v in match.items())]
 
 
 @pytest.fixture(scope="module")

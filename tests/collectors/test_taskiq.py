@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import redis
 
-from tests.conftest import REDIS_URL, ROOT
+from tests.collectors.harness import Lab, of
 from tests.libenvs import ensure_env
 
 pytestmark = pytest.mark.libenv
@@ -24,75 +20,20 @@ APP = "tests.collectors.apps.taskiq_app"
 MOD = "tests.collectors.apps.taskiq_app:"
 
 
-class TaskiqLab:
+class TaskiqLab(Lab):
     """One test's Taskiq world: a private prefix (queue, result and schedule keys), stream and processes."""
 
-    def __init__(self, bindir: Path, stream: str, tmp_path: Path) -> None:
-        self.bindir = bindir
-        self.stream = stream
-        self.tmp_path = tmp_path
-        self.prefix = f"fbtq{uuid.uuid4().hex[:10]}"
-        self.redis = redis.Redis.from_url(REDIS_URL)
-        self.env = {
-            **os.environ,
-            "FBTEST_PREFIX": self.prefix,
-            "FLOWERBED_STREAM": stream,
-            "FLOWERBED_REDIS_URL": REDIS_URL,
-            "FLOWERBED_APP": "tqtest",
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
+    tag = "tq"
+    app = "tqtest"
+    stop_group = True
+    stop_timeout = 20.0
 
-    def spawn(self, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.tmp_path / f"taskiq-{len(self.procs)}.log", "wb")
-        proc = subprocess.Popen([str(self.bindir / "taskiq"), *args], cwd=ROOT, env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
-        return proc
+    def spawn_taskiq(self, *args: str) -> subprocess.Popen[bytes]:
+        return self.spawn("taskiq", *args)
 
     def client(self, *names: str) -> dict[str, str]:
-        out = subprocess.run([str(self.bindir / "python"), "-m", "tests.collectors.apps.taskiq_client", *names],
-                             cwd=ROOT, env=self.env, capture_output=True, timeout=60)
-        assert out.returncode == 0, out.stderr.decode()
-        return json.loads(out.stdout.decode().strip().splitlines()[-1])
-
-    def events(self) -> list[dict[str, Any]]:
-        return [json.loads(fields[b"e"]) for _, fields in self.redis.xrange(self.stream)]
-
-    def wait(self, check: Callable[[list[dict[str, Any]]], Any], timeout: float = 30.0) -> list[dict[str, Any]]:
-        """Poll the stream until ``check(events)`` is truthy."""
-        deadline = time.monotonic() + timeout
-        while True:
-            events = self.events()
-            if check(events):
-                return events
-            if time.monotonic() > deadline:
-                logs = "\n".join(p.read_text()[-3000:] for p in sorted(self.tmp_path.glob("taskiq-*.log")))
-                raise AssertionError(f"timed out; {len(events)} events: {events[-10:]}\n{logs}")
-            time.sleep(0.1)
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> int:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        return proc.returncode
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        keys = list(self.redis.scan_iter(f"{self.prefix}*"))
-        if keys:
-            self.redis.delete(*keys)
-        self.redis.close()
-
-
-def of(events: list[dict[str, Any]], type: str, **match: Any) -> list[dict[str, Any]]:
-    return [e for e in events if e["type"] == type and all(e.get(k) == v for k, v in match.items())]
+        out = self.run_module("tests.collectors.apps.taskiq_client", *names)
+        return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +55,7 @@ JOBS = ("ok", "ok_sync", "flaky", "always_fails", "no_retry_fail", "too_slow", "
 
 def test_worker_jobs_reach_the_dashboard(lab: TaskiqLab, flowerbed_server: Callable[..., Any]) -> None:
     server = flowerbed_server(lab.stream)
-    worker = lab.spawn("worker", f"{APP}:broker", "--workers", "1", "--max-async-tasks", "7")
+    worker = lab.spawn_taskiq("worker", f"{APP}:broker", "--workers", "1", "--max-async-tasks", "7")
     lab.wait(lambda ev: of(ev, "worker-online"))  # the stream consumer group starts at "$"
     ids = lab.client(*JOBS)
 
@@ -177,7 +118,7 @@ def test_worker_jobs_reach_the_dashboard(lab: TaskiqLab, flowerbed_server: Calla
 def test_scheduler_reports_schedules_and_fires(lab: TaskiqLab, flowerbed_server: Callable[..., Any]) -> None:
     server = flowerbed_server(lab.stream)
     ids = lab.client("redis-schedule")
-    scheduler = lab.spawn("scheduler", f"{APP}:scheduler")
+    scheduler = lab.spawn_taskiq("scheduler", f"{APP}:scheduler")
     tick, redis_name = f"{lab.prefix}-tick", ids["redis-schedule"]
     events = lab.wait(lambda ev: len(of(ev, "schedule-fired", schedule=tick)) >= 2
                       and len(of(ev, "schedule-fired", schedule=redis_name)) >= 2, timeout=20)
