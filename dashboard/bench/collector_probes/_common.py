@@ -229,3 +229,39 @@ def throughput_main(lib: str, argv: list[str], build: Callable[[str, dict[str, s
         output(result)
     finally:
         cleanup(pre, stream)
+
+
+def run_profiled(body: Any) -> None:
+    """Run ``body`` under cProfile and print the top entries (FB_SORT, FB_TOP, FB_CALLERS) to stderr."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(body)
+    stats = pstats.Stats(prof, stream=sys.stderr)
+    stats.sort_stats(os.environ.get("FB_SORT", "tottime")).print_stats(int(os.environ.get("FB_TOP", "25")))
+    if os.environ.get("FB_CALLERS"):
+        stats.print_callers(os.environ["FB_CALLERS"])
+
+
+def probe_main(
+    lib: str,
+    argv: list[str],
+    build: Callable[[str, dict[str, str], int, int], tuple[list[str], Callable[[], None]]],
+    inproc: Callable[[int, int, bool], None],
+) -> int:
+    """A probe's command line: ``throughput …`` (a real worker) or ``inproc`` (the job's own thread)."""
+    import argparse
+
+    if argv and argv[0] == "throughput":
+        throughput_main(lib, argv[1:], build)
+        return 0
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=("inproc",))
+    p.add_argument("--jobs", type=int, default=5000)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args(argv)
+    log(f"{lib}: {args.jobs} jobs in-process × {args.repeat}")
+    inproc(args.jobs, args.repeat, args.profile)
+    return 0

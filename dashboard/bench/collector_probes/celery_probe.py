@@ -14,11 +14,11 @@ from _common import (
     clocked,
     drain_emitters,
     interleaved,
-    log,
     mark,
     output,
     prefix,
-    throughput_main,
+    probe_main,
+    run_profiled,
     with_collector,
 )
 from celery import Celery, signals
@@ -103,40 +103,15 @@ def inproc(jobs: int, repeat: int, profile: bool) -> None:
 
     if profile:
         collector.connect()
-        _profile(lambda: loop(jobs))
+        run_profiled(lambda: loop(jobs))
         return
     result = interleaved({"without": without, "with": with_}, jobs, repeat)
-    result["path"] = "task.apply(): task_prerun, task_success, task_postrun"
+    result["path"] = "task.apply(): task_prerun, task_postrun"
     output(result)
 
 
-def _profile(body: Any) -> None:
-    import cProfile
-    import pstats
-
-    prof = cProfile.Profile()
-    prof.runcall(body)
-    stats = pstats.Stats(prof, stream=sys.stderr)
-    stats.sort_stats(os.environ.get("FB_SORT", "tottime")).print_stats(int(os.environ.get("FB_TOP", "25")))
-    if os.environ.get("FB_CALLERS"):
-        stats.print_callers(os.environ["FB_CALLERS"])
-
-
 def main(argv: list[str]) -> int:
-    import argparse
-
-    if argv and argv[0] == "throughput":
-        throughput_main("celery", argv[1:], _build)
-        return 0
-    p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=("inproc",))
-    p.add_argument("--jobs", type=int, default=5000)
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--profile", action="store_true")
-    args = p.parse_args(argv)
-    log(f"celery: {args.jobs} jobs in-process × {args.repeat}")
-    inproc(args.jobs, args.repeat, args.profile)
-    return 0
+    return probe_main("celery", argv, _build, inproc)
 
 
 if __name__ == "__main__":

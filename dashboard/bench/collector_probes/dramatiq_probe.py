@@ -17,11 +17,10 @@ from _common import (
     clocked,
     drain_emitters,
     interleaved,
-    log,
     mark,
     output,
     prefix,
-    throughput_main,
+    probe_main,
     with_collector,
 )
 from dramatiq.brokers.redis import RedisBroker
@@ -131,20 +130,7 @@ def inproc(jobs: int, repeat: int, profile: bool) -> None:
 
 
 def main(argv: list[str]) -> int:
-    import argparse
-
-    if argv and argv[0] == "throughput":
-        throughput_main("dramatiq", argv[1:], _build)
-        return 0
-    p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=("inproc",))
-    p.add_argument("--jobs", type=int, default=5000)
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--profile", action="store_true")
-    args = p.parse_args(argv)
-    log(f"dramatiq: {args.jobs} jobs in-process × {args.repeat}")
-    inproc(args.jobs, args.repeat, args.profile)
-    return 0
+    return probe_main("dramatiq", argv, _build, inproc)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,11 @@ from _common import (
     clocked,
     drain_emitters,
     interleaved,
-    log,
     mark,
     output,
     prefix,
-    throughput_main,
+    probe_main,
+    run_profiled,
     with_collector,
 )
 from taskiq import InMemoryBroker
@@ -103,7 +103,7 @@ def inproc(jobs: int, repeat: int, profile: bool) -> None:
 
     try:
         if profile:
-            _profile(lambda: runner("with")(jobs))
+            run_profiled(lambda: runner("with")(jobs))
             return
         result = interleaved({"without": runner("without"), "with": runner("with")}, jobs, repeat)
         result["path"] = "InMemoryBroker(await_inplace) kiq + wait_result: pre_send, post_send, pre_execute, post_execute"
@@ -114,31 +114,8 @@ def inproc(jobs: int, repeat: int, profile: bool) -> None:
         loop.close()
 
 
-def _profile(body: Any) -> None:
-    import cProfile
-    import pstats
-
-    prof = cProfile.Profile()
-    prof.runcall(body)
-    pstats.Stats(prof, stream=sys.stderr).sort_stats(os.environ.get("FB_SORT", "tottime")).print_stats(
-        int(os.environ.get("FB_TOP", "25")))
-
-
 def main(argv: list[str]) -> int:
-    import argparse
-
-    if argv and argv[0] == "throughput":
-        throughput_main("taskiq", argv[1:], _build)
-        return 0
-    p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=("inproc",))
-    p.add_argument("--jobs", type=int, default=5000)
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--profile", action="store_true")
-    args = p.parse_args(argv)
-    log(f"taskiq: {args.jobs} jobs in-process × {args.repeat}")
-    inproc(args.jobs, args.repeat, args.profile)
-    return 0
+    return probe_main("taskiq", argv, _build, inproc)
 
 
 if __name__ == "__main__":
