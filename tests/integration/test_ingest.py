@@ -28,20 +28,6 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # --- fixtures and helpers ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(REDIS_URL)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def stream(client: redis.Redis) -> Iterator[str]:
-    name = f"fbtest:{uuid.uuid4().hex}"
-    yield name
-    client.delete(name)
-
-
 async def _pg(sql: str, database: str = "postgres") -> None:
     import asyncpg
 

@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
 from collectors.events import build
-from tests.integration.test_ingest import REDIS_URL, acked_all, emit, ingesting, settings_for, wait_until
+from tests.integration.test_ingest import acked_all, emit, ingesting, settings_for, wait_until
 
 DAY = 86_400.0
-
-
-@pytest.fixture
-def client() -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(REDIS_URL)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def stream(client: redis.Redis) -> Iterator[str]:
-    name = f"fbtest:{uuid.uuid4().hex}"
-    yield name
-    client.delete(name)
 
 
 def _finished_job(job_id: str, ts: float, word: str, outcome: str = "succeeded") -> list[dict[str, Any]]:
