@@ -23,6 +23,7 @@ from .batch import JobKey
 from .projector import (
     APP,
     COLUMNS,
+    CREATED,
     ID,
     JK,
     JOB_ID,
@@ -50,11 +51,16 @@ NOTICE_JOBS = 200
 class Writes:
     """The rows one transaction writes."""
 
-    __slots__ = ("inserts", "updates", "events", "rollups", "notice", "topics", "fresh", "fts_add", "fts_del")
+    __slots__ = ("inserts", "updates", "moved", "events", "rollups", "notice", "topics", "fresh", "fts_add",
+                 "fts_del")
 
     def __init__(self) -> None:
         self.inserts: list[tuple[Any, ...]] = []
+        #: Updated rows whose indexed columns other than ``state`` are unchanged (nearly all of them):
+        #: they are written without touching those indexes (:data:`.sqlite_writer.UPDATE_SQL`).
         self.updates: list[tuple[Any, ...]] = []
+        #: Updated rows whose ``task`` or ``created_at`` changed too.
+        self.moved: list[tuple[Any, ...]] = []
         #: Timeline rows ``(job, *values)`` by shape (:func:`.timeline.compact_values`).
         self.events: dict[int, list[tuple[Any, ...]]] = {}
         self.rollups = Rollups()
@@ -96,10 +102,11 @@ class JobCache:
             seen: set[int]
             row: list[Any] | None
             if entry is None:
-                row, seen, target = None, set(), inserts
+                row, seen, target, before = None, set(), inserts, None
             else:
                 row, seen = entry
                 target = updates
+                before = (row[TASK], row[CREATED])
                 lru.move_to_end(key)
             fresh = []
             for i in range(1, len(items), 3):
@@ -120,6 +127,8 @@ class JobCache:
                 indexed = terms(row)
             for eid, event, _shape, _values in fresh:
                 merge_into(row, eid, event)
+            if before is not None and before != (row[TASK], row[CREATED]):
+                target = out.moved
             target.append(tuple(row))
             # The search index changes only when the job's text does (most jobs: once, at insert).
             text = terms(row)
@@ -140,7 +149,7 @@ class JobCache:
             out.fresh += len(fresh)
             if len(notice) < NOTICE_JOBS:
                 notice.append((lib, app, row[JOB_ID], row[STATE]))
-        if out.inserts or out.updates:
+        if out.inserts or out.updates or out.moved:
             out.topics.add("jobs")
         while len(lru) > self.capacity:
             lru.popitem(last=False)
