@@ -30,8 +30,8 @@ from dashboard.store.keys import job_key
 from dashboard.store.tables import jobs
 
 __all__ = [
-    "COLUMNS", "PHASES", "Row", "new_row", "rank", "fold", "merge_into", "mark_lost", "state_of",
-    "rollup_outcome",
+    "COLUMNS", "PHASES", "Row", "new_row", "rank", "fold", "merge_into", "merge_rows", "mark_lost", "state_of",
+    "rollup_outcome", "rollup_spec", "rollup_resolve",
 ]
 
 Row = list[Any]
@@ -64,6 +64,10 @@ _STATIC = tuple(
 _OUTCOME = tuple(
     (name, _I[name]) for name in ("duration_ms", "cpu_ms", "reason", "result", "retry_in_s")
 )
+
+#: What the highest-ranked event sets, copied whole from a row that outranks (:func:`merge_rows`).
+_RANKED = (_I["ver"], _I["veid"], _I["state"], _I["attempt"], _I["worker"], _I["finished_at"], _I["payload"],
+           *(i for _name, i in _OUTCOME))
 
 _ATTEMPT_MAX = (1 << 19) - 1
 _TS_MAX = (1 << 42) - 1
@@ -163,6 +167,44 @@ def merge_into(row: Row, eid: int, event: Mapping[str, Any]) -> None:
     row[PAYLOAD] = None if payload is None else orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def merge_rows(row: Row, other: Sequence[Any]) -> None:
+    """Merge ``other`` (a row folded from some of the job's events) into ``row`` in place.
+
+    The same rules as :func:`merge_into`, applied to what a fold kept, so folding a batch's events
+    apart and merging the result gives exactly the row that merging each event would: SQLite
+    ingest folds each job's events where they are decoded and merges once per job where it writes.
+    """
+    if other[CREATED] < row[CREATED]:
+        row[CREATED] = other[CREATED]
+    if other[UPDATED] > row[UPDATED]:
+        row[UPDATED] = other[UPDATED]
+    for _name, i in _STATIC:
+        value = other[i]
+        if value is not None:
+            current = row[i]
+            if current is None or value > current:
+                row[i] = value
+    enqueued = other[ENQUEUED]
+    if enqueued is not None and (row[ENQUEUED] is None or enqueued < row[ENQUEUED]):
+        row[ENQUEUED] = enqueued
+    attempt = other[STARTED_ATTEMPT]
+    if attempt is not None and (
+        row[STARTED_ATTEMPT] is None or (attempt, other[STARTED]) > (row[STARTED_ATTEMPT], row[STARTED])
+    ):
+        row[STARTED_ATTEMPT], row[STARTED] = attempt, other[STARTED]
+    exc_ver = other[EXC_VER]
+    if exc_ver is not None and (
+        row[EXC_VER] is None
+        or (exc_ver, other[EXC_TYPE] or "", other[EXC_MESSAGE] or "")
+        > (row[EXC_VER], row[EXC_TYPE] or "", row[EXC_MESSAGE] or "")
+    ):
+        row[EXC_VER], row[EXC_TYPE], row[EXC_MESSAGE] = exc_ver, other[EXC_TYPE], other[EXC_MESSAGE]
+    if (other[VER], other[VEID]) <= (row[VER], row[VEID]):
+        return
+    for i in _RANKED:
+        row[i] = other[i]
+
+
 def mark_lost(row: Sequence[Any]) -> Row:
     """Return ``row`` in state ``lost`` (its worker stopped heartbeating); the rank is kept."""
     out = list(row)
@@ -170,21 +212,22 @@ def mark_lost(row: Sequence[Any]) -> Row:
     return out
 
 
-def rollup_outcome(row: Sequence[Any], event: Mapping[str, Any]) -> tuple[str, float | None] | None:
-    """The rollup outcome and milliseconds one new event adds, given its job's merged row, or ``None``.
+def rollup_spec(event: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """What one event adds to the rollups, as far as the event alone tells; ``None`` if nothing.
 
-    Terminal events add their duration (or, without one, the time since that attempt started);
-    ``job-started`` adds the queue wait of its attempt under the outcome ``wait``.
+    ``(ts, outcome, ms)`` when the event carries its own figure, else ``(ts, outcome, None,
+    attempt)``: :func:`rollup_resolve` then takes the figure from the job's merged row. The split
+    lets SQLite ingest compute this where the events are decoded, and finish it where the row is.
     """
     etype = event["type"]
+    ts = event["ts"]
     if etype == "job-started":
         enqueued = event.get("enqueued_at")
-        if enqueued is None and (event.get("attempt") or 1) == 1:
-            enqueued = row[ENQUEUED]
-        if enqueued is None:
-            return None
-        wait = (event["ts"] - enqueued) * 1000.0
-        return "wait", (wait if wait > 0 else 0.0)
+        if enqueued is not None:
+            wait = (ts - enqueued) * 1000.0
+            return ts, "wait", (wait if wait > 0 else 0.0)
+        attempt = event.get("attempt") or 1
+        return (ts, "wait", None, 1) if attempt == 1 else None
     if etype == "job-succeeded":
         outcome = "succeeded"
     elif etype == "job-failed":
@@ -194,7 +237,40 @@ def rollup_outcome(row: Sequence[Any], event: Mapping[str, Any]) -> tuple[str, f
     else:
         return None
     ms = event.get("duration_ms")
-    if ms is None and row[STARTED] is not None and row[STARTED_ATTEMPT] == (event.get("attempt") or 1):
-        ms = (event["ts"] - row[STARTED]) * 1000.0
-        ms = ms if ms > 0 else 0.0
-    return outcome, ms
+    if ms is not None:
+        return ts, outcome, ms
+    return ts, outcome, None, event.get("attempt") or 1
+
+
+def rollup_resolve(row: Sequence[Any], spec: Sequence[Any]) -> tuple[float, str, float | None] | None:
+    """``(ts, outcome, ms)`` of a :func:`rollup_spec`, given its job's merged row.
+
+    Terminal events without a duration take the time since that attempt started; ``job-started``
+    without an enqueue time takes the wait since the job's first enqueue (attempt 1 only).
+    """
+    if len(spec) == 3:
+        return spec  # type: ignore[return-value]
+    ts, outcome, _ms, attempt = spec
+    if outcome == "wait":
+        enqueued = row[ENQUEUED]
+        if enqueued is None:
+            return None
+        wait = (ts - enqueued) * 1000.0
+        return ts, outcome, (wait if wait > 0 else 0.0)
+    if row[STARTED] is not None and row[STARTED_ATTEMPT] == attempt:
+        ms = (ts - row[STARTED]) * 1000.0
+        return ts, outcome, (ms if ms > 0 else 0.0)
+    return ts, outcome, None
+
+
+def rollup_outcome(row: Sequence[Any], event: Mapping[str, Any]) -> tuple[str, float | None] | None:
+    """The rollup outcome and milliseconds one new event adds, given its job's merged row, or ``None``.
+
+    Terminal events add their duration (or, without one, the time since that attempt started);
+    ``job-started`` adds the queue wait of its attempt under the outcome ``wait``.
+    """
+    spec = rollup_spec(event)
+    if spec is None:
+        return None
+    done = rollup_resolve(row, spec)
+    return None if done is None else (done[1], done[2])

@@ -20,6 +20,7 @@ from typing import Any
 from dashboard.store.keys import job_key
 
 from .batch import Batch
+from .projector import merge_into, new_row, rollup_spec
 from .sqlite_writer import WriteBatch
 from .timeline import compact_values
 
@@ -149,15 +150,19 @@ class SqliteBackend:
         """Hand a batch to the writer (blocks while ``in_flight`` batches are uncommitted)."""
         self.seq += 1
         self.unacked[self.seq] = batch.ids
-        # The timeline rows are built here, where the events are already decoded: it balances the
-        # two processes (the writer parses the raw JSON again, which is cheaper than sending dicts).
-        # Flat lists of (raw, shape, values) triples: fewer objects to marshal and rebuild.
+        # Each job's events are folded here, where they are already decoded, into one partial row
+        # that the writer merges once (projector.merge_rows): the merge and a second JSON parse
+        # left the writer, the busier process. The timeline rows and rollup figures are built here
+        # too; the writer keeps what needs the stored row: deduplication, ids, the final merge.
         jobs = {}
         for key, items in batch.jobs.items():
-            flat: list[Any] = [job_key(*key)]  # for a new job's row (costs the writer otherwise)
-            for eid, event, raw in items:
-                flat.append(raw)
+            lib, app, job_id = key
+            row = new_row(lib, app, job_id, items[0][1]["ts"], job_key(lib, app, job_id))
+            flat: list[Any] = [row]
+            for eid, event, _raw in items:
+                merge_into(row, eid, event)
                 flat.extend(compact_values(eid, event))
+                flat.append(rollup_spec(event))
             jobs[key] = flat
         self._send(WriteBatch(seq=self.seq, entries=len(batch.ids), jobs=jobs, others=batch.others,
                               quarantine=batch.quarantine, valid=batch.valid, ignored=batch.ignored))

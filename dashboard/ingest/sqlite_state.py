@@ -14,8 +14,6 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from dashboard.store.keys import job_key
 from dashboard.store.tables import job_events, jobs
 
@@ -32,9 +30,8 @@ from .projector import (
     TASK,
     WORKER,
     mark_lost,
-    merge_into,
-    new_row,
-    rollup_outcome,
+    merge_rows,
+    rollup_resolve,
 )
 from .rollups import Rollups
 from .search_index import terms
@@ -85,22 +82,24 @@ class JobCache:
         self.misses = 0
 
     def project(self, groups: Mapping[JobKey, list[Any]], out: Writes) -> None:
-        """Merge each job's new events into its row; fills ``out`` with rows, timeline and rollups.
+        """Merge each job's batch into its row; fills ``out`` with rows, timeline and rollups.
 
-        ``groups`` holds each job's ``jk`` hash then its events as flat (raw JSON, shape, values)
-        triples (see :class:`.sqlite_writer.WriteBatch`).
+        ``groups`` holds each job's partial row (its events of the batch folded), then per event
+        (shape, values, rollup spec) (see :class:`.sqlite_writer.WriteBatch`). Events already seen
+        add no timeline row and count in no rollup; merging them again changes nothing, as every
+        merge rule is idempotent, so the partial row is merged whole.
         """
         lru = self.lru
         missing = [key for key in groups if key not in lru]
         if missing:
             self._load(missing)
-        loads, add = orjson.loads, out.rollups.add
+        add = out.rollups.add
         inserts, updates, timeline, notice = out.inserts, out.updates, out.events, out.notice
         fts_add, fts_del = out.fts_add, out.fts_del
+        fresh_events = 0
         for key, items in groups.items():
             entry = lru.get(key)
             seen: set[int]
-            row: list[Any] | None
             if entry is None:
                 row, seen, target, before = None, set(), inserts, None
             else:
@@ -110,25 +109,23 @@ class JobCache:
                 lru.move_to_end(key)
             fresh = []
             for i in range(1, len(items), 3):
-                values = items[i + 2]
-                eid = values[0]
+                eid = items[i + 1][0]
                 if eid not in seen:
                     seen.add(eid)
-                    fresh.append((eid, loads(items[i]), items[i + 1], values))
+                    fresh.append(i)
             if not fresh:
                 continue
             if row is None:
-                row = new_row(key[0], key[1], key[2], fresh[0][1]["ts"], items[0])
+                row = items[0]
                 row[ID] = self.next_id
                 self.next_id += 1
                 lru[key] = (row, seen)
                 indexed = None
             else:
                 indexed = terms(row)
-            for eid, event, _shape, _values in fresh:
-                merge_into(row, eid, event)
-            if before is not None and before != (row[TASK], row[CREATED]):
-                target = out.moved
+                merge_rows(row, items[0])
+                if before != (row[TASK], row[CREATED]):
+                    target = out.moved
             target.append(tuple(row))
             # The search index changes only when the job's text does (most jobs: once, at insert).
             text = terms(row)
@@ -138,17 +135,21 @@ class JobCache:
                 if text != _NO_TEXT:
                     fts_add.append((row[ID], *text))
             job, lib, app, task = row[ID], row[LIB], row[APP], row[TASK] or ""
-            for _eid, event, shape, values in fresh:
+            for i in fresh:
+                shape = items[i]
                 rows = timeline.get(shape)
                 if rows is None:
                     rows = timeline[shape] = []
-                rows.append((job, *values))
-                outcome = rollup_outcome(row, event)
-                if outcome is not None:
-                    add(event["ts"], lib, app, task, outcome[0], outcome[1])
-            out.fresh += len(fresh)
+                rows.append((job, *items[i + 1]))
+                spec = items[i + 2]
+                if spec is not None:
+                    done = spec if len(spec) == 3 else rollup_resolve(row, spec)
+                    if done is not None:
+                        add(done[0], lib, app, task, done[1], done[2])
+            fresh_events += len(fresh)
             if len(notice) < NOTICE_JOBS:
                 notice.append((lib, app, row[JOB_ID], row[STATE]))
+        out.fresh += fresh_events
         if out.inserts or out.updates or out.moved:
             out.topics.add("jobs")
         while len(lru) > self.capacity:

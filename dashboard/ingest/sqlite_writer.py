@@ -2,12 +2,11 @@
 
 Ingest into SQLite runs as two OS processes because one Python process tops out well below the
 50k events/s goal (``shared/reference/ingest-write-path.md``). The reading process does the
-Redis reads, JSON decoding, validation, grouping by job and the timeline rows' values; this process
-keeps job state (:mod:`.sqlite_state`), merges, builds the job and rollup rows, runs ``executemany``
-in one transaction per batch, commits, reports the commit and publishes a change notice; only then
-does the reading process XACK the batch's stream entries. (Profiling put Redis parsing and
-validation on the reading side at about half of the work, so job state lives here, unlike the
-reference's split; the XACKs moved to the reading side to balance the two.) A crash anywhere before
+Redis reads, JSON decoding, validation, grouping by job, folds each job's events of the batch into
+one partial row and builds the timeline rows' values; this process keeps job state
+(:mod:`.sqlite_state`), deduplicates, merges each partial row into the stored one, builds the
+rollup rows, runs ``executemany`` in one transaction per batch, commits, reports the commit and
+publishes a change notice; only then does the reading process XACK the batch's stream entries. A crash anywhere before
 the XACK leaves the entries pending, and ingest is idempotent, so they are simply applied again.
 
 This process holds an exclusive lock on ``<db>.ingest-lock`` for as long as it writes: a restarted
@@ -94,9 +93,10 @@ class WriteBatch:
     ids: list[bytes] = field(default_factory=list)
     #: Entries the batch holds (``len(ids)`` on the reading side).
     entries: int = 0
-    #: Valid job events per (lib, app, job_id): its ``jk`` hash, then its events in stream order as triples: raw JSON,
-    #: then the ``job_events`` row without its ``job`` column as :func:`.timeline.compact_values`
-    #: gives it (shape, values), whose first value is the event-id hash.
+    #: Per (lib, app, job_id): the row its events in this batch fold into (``id`` unset), then per
+    #: event, in stream order, three items: the ``job_events`` row without its ``job`` column as
+    #: :func:`.timeline.compact_values` gives it (shape, values; the first value is the event-id
+    #: hash), and its :func:`.projector.rollup_spec`.
     jobs: dict[tuple[str, str, str], list[Any]] = field(default_factory=dict)
     #: Worker, schedule and scheduler events.
     others: list[dict[str, Any]] = field(default_factory=list)

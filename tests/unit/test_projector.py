@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dashboard.ingest.projector import COLUMNS, fold, mark_lost, rollup_outcome
+from dashboard.ingest.projector import COLUMNS, fold, mark_lost, merge_rows, rollup_outcome
 from dashboard.store.keys import event_key
 
 LIB, APP, JOB = "arq", "shop", "job-1"
@@ -125,4 +125,23 @@ def test_any_order_and_any_duplicates_give_the_same_row(events: list[dict[str, o
     first = fold(None, items(shuffled[:cut])) if cut else None
     got = fold(first, items(shuffled[cut:])) if cut < len(shuffled) else first
     assert got is not None
+    assert dict(zip(COLUMNS, got)) == dict(zip(COLUMNS, expected))
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=job_events(), seed=st.integers(0, 2**32 - 1), dups=st.integers(0, 5), lost=st.booleans())
+def test_merging_folded_parts_gives_the_row_of_one_fold(events: list[dict[str, object]], seed: int, dups: int,
+                                                         lost: bool) -> None:
+    """SQLite ingest folds each batch's events apart and merges the result into the stored row."""
+    rng = random.Random(seed)
+    shuffled = events + [rng.choice(events) for _ in range(dups)]
+    rng.shuffle(shuffled)
+    cut = rng.randrange(1, len(shuffled) + 1)
+    stored = fold(None, items(shuffled[:cut]))
+    if lost:
+        stored = mark_lost(stored)
+    expected = fold(stored, items(shuffled[cut:])) if cut < len(shuffled) else list(stored)
+    got = list(stored)
+    if cut < len(shuffled):
+        merge_rows(got, fold(None, items(shuffled[cut:])))
     assert dict(zip(COLUMNS, got)) == dict(zip(COLUMNS, expected))
