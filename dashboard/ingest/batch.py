@@ -54,9 +54,10 @@ class Batch:
         dicts cost more than the rest of the read).
         """
         now = time.time()
-        ids, groups, others = self.ids, self.jobs, self.others
+        groups, others = self.jobs, self.others
+        self.ids.extend([entry[0] for entry in entries])
+        loads, valid = orjson.loads, 0
         for sid, fields in entries:
-            ids.append(sid)
             if fields is None:  # a pending entry trimmed from the stream before anyone applied it
                 self._reject(sid, now, "entry was trimmed from the stream before it was applied", None)
                 continue
@@ -72,14 +73,14 @@ class Batch:
                 self._reject(sid, now, f"entry has no {EVENT_FIELD!r} field", fields)
                 continue
             try:
-                event = decode(raw, loads=orjson.loads)
+                event = decode(raw, loads)
             except InvalidEvent as exc:
                 self._reject(sid, now, exc.reason, raw)
                 continue
-            self.valid += 1
+            valid += 1
             etype = event["type"]
             job_id = event.get("job_id")
-            if isinstance(job_id, str) and (etype in JOB_TYPES or etype not in _OTHER_TYPES):
+            if type(job_id) is str and (etype in JOB_TYPES or etype not in _OTHER_TYPES):
                 key = (event["lib"], event["app"], job_id)
                 item = (event_key(event["id"]), event, raw)
                 group = groups.get(key)
@@ -91,6 +92,7 @@ class Batch:
                 others.append(event)
             else:
                 self.ignored += 1
+        self.valid += valid
 
     def _reject(self, sid: bytes, now: float, reason: str, raw: Any) -> None:
         if raw is None:
