@@ -109,11 +109,18 @@ def test_sigterm_finishes_the_batch_and_exits_zero(flowerbed_server, stream_name
     t0 = time.time()
     events = [ev for i in range(3000) for ev in job_story(f"j{i}", "bulk", "succeeded", t0)]
     publish(stream_name, events)
-    time.sleep(0.3)  # let ingest be mid-way
+    client = redis.Redis.from_url(REDIS_URL)
+
+    def reading() -> bool:  # ingest has started on the stream (on a busy machine it can take seconds)
+        try:
+            return any((g.get("entries-read") or 0) > 0 for g in client.xinfo_groups(stream_name))
+        except redis.ResponseError:
+            return False
+
+    server.wait_for(reading, timeout=60, interval=0.02)
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(30) == 0
     assert no_process_left(server.proc.pid), "a process started by `flowerbed serve` outlived it"
-    client = redis.Redis.from_url(REDIS_URL)
     pending = client.xpending(stream_name, CONSUMER_GROUP)["pending"]
     client.close()
     assert pending == 0  # everything read was committed and acknowledged before exit
