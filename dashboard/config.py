@@ -49,7 +49,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("database_url", str, "sqlite:///./flowerbed.db",
            "store: a SQLite file, or postgresql://user@host/db"),
     Option("consumer", str, "", "this process's consumer name in the group (default host:pid)"),
-    Option("batch_size", int, 20000, "most events read and committed in one transaction"),
+    # 50k rather than 20k: fewer rollup upserts and commits per event (measured over 1M events:
+    # writer CPU 31-33 -> 26-29 us/event), for ~80 MB more RSS in each ingest process.
+    Option("batch_size", int, 50000, "most events read and committed in one transaction"),
     Option("block_ms", int, 200, "how long one stream read waits for new events (ms)"),
     Option("claim_idle_ms", int, 60000, "pending entries idle this long are claimed from dead consumers (ms)"),
     Option("lost_after_s", float, 30.0, "a worker silent this long is lost, and so are its running jobs (s)"),
@@ -71,7 +73,7 @@ class Settings:
     stream: str = DEFAULT_STREAM
     database_url: str = "sqlite:///./flowerbed.db"
     consumer: str = ""
-    batch_size: int = 20000
+    batch_size: int = 50000
     block_ms: int = 200
     claim_idle_ms: int = 60000
     lost_after_s: float = 30.0

@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--database-url", default=None, help="store to ingest into (default: a scratch SQLite file)")
     p.add_argument("--redis-url", default=os.environ.get("FLOWERBED_REDIS_URL", DEFAULT_REDIS_URL))
-    p.add_argument("--batch-size", type=int, default=20_000, help="events per transaction (default 20,000)")
+    p.add_argument("--batch-size", type=int, default=50_000, help="events per transaction (default 50,000)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--rate", type=float, default=500.0,
                    help="production rate the event times imitate, events/s (default 500): it sets how many "

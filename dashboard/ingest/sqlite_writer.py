@@ -53,8 +53,9 @@ WRITER_PRAGMAS: tuple[str, ...] = (
     "PRAGMA cache_size=-131072",
     "PRAGMA wal_autocheckpoint=10000",
 )
-#: Commits between two checkpoints by the checkpoint thread (a 20k-event batch writes ~2,500 pages).
-CHECKPOINT_EVERY = 4
+#: Commits between two checkpoints by the checkpoint thread (a 20k-event batch writes ~2,500 pages;
+#: the default 50k-event batches, about twice that).
+CHECKPOINT_EVERY = 2
 #: How long a new writer waits for the previous one (a dying process) to let go of the database.
 LOCK_WAIT_S = 30.0
 
