@@ -75,7 +75,9 @@ from .runtime import (
     Heartbeat,
     LoopLagMonitor,
     Recorder,
+    current_trace,
     failure_fields,
+    hook_failed,
     qualname,
     swallow_errors,
     trace_fields,
@@ -212,7 +214,7 @@ def _wrap(
     @functools.wraps(coroutine)
     async def job(ctx: Any, *args: Any, **kwargs: Any) -> Any:
         state = ctx.get(CTX_KEY) if isinstance(ctx, dict) else None
-        if not isinstance(state, _WorkerState):
+        if type(state) is not _WorkerState:
             return await coroutine(ctx, *args, **kwargs)
         run = state.started(spec, ctx, args, kwargs)
         token = _current_job.set(run.job_id if run is not None else None)
@@ -239,18 +241,59 @@ class _JobSpec:
     cron: bool
 
 
-@dataclasses.dataclass
 class _Run:
-    """One attempt of one job, as the wrapper saw it begin."""
+    """One attempt of one job, as the wrapper saw it begin.
 
-    spec: _JobSpec
-    job_id: str
-    attempt: int
-    max_attempts: int
-    timeout_s: float | None
-    t0: float
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+    Made for every job on the event loop's thread, so it holds what that thread must snapshot (arq's
+    ``ctx`` is the job's to change) and a clock; ``max_attempts`` and ``timeout_s`` follow from the
+    spec and the worker's settings whenever they are needed.
+    """
+
+    __slots__ = ("spec", "job_id", "attempt", "args", "kwargs", "t0", "enqueue_time", "score")
+
+    def __init__(self, spec: _JobSpec, job_id: str, attempt: int, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 t0: float, enqueue_time: Any, score: Any) -> None:
+        self.spec = spec
+        self.job_id = job_id
+        self.attempt = attempt
+        self.args = args
+        self.kwargs = kwargs
+        self.t0 = t0
+        self.enqueue_time = enqueue_time
+        self.score = score
+
+
+_now = time.time
+_monotonic = time.monotonic
+
+
+# --- events completed on the emitter's thread (see Emitter: deferred events) ----------------------
+
+
+def _started_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
+    _, state, run, ts, trace = item
+    fields = state._job_fields(run.spec, run)
+    fields["args_raw"] = run.args
+    fields["kwargs_raw"] = run.kwargs
+    fields["ts"] = ts
+    enqueue_time, score = run.enqueue_time, run.score
+    if isinstance(enqueue_time, datetime):
+        fields["enqueued_at"] = enqueue_time.timestamp()
+    if isinstance(score, (int, float)):
+        fields["eta"] = score / 1000.0
+    if trace:
+        fields.update(trace)
+    return state.recorder.identity, EventType.JOB_STARTED, fields
+
+
+def _succeeded_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
+    _, state, run, t1, result, ts = item
+    fields = state._job_fields(run.spec, run)
+    fields["duration_ms"] = round((t1 - run.t0) * 1000.0, 3)
+    fields["ts"] = ts
+    if result is not None:
+        fields["result"] = result
+    return state.recorder.identity, EventType.JOB_SUCCEEDED, fields
 
 
 # --- the Worker class patches ------------------------------------------------------------------
@@ -526,64 +569,69 @@ class _WorkerState:
             return None
         return self.worker.max_tries if fn.max_tries is None else fn.max_tries
 
+    def _max_attempts(self, spec: _JobSpec) -> int:
+        return self.worker.max_tries if spec.max_tries is None else spec.max_tries  # type: ignore[no-any-return]
+
+    def _timeout_s(self, spec: _JobSpec) -> float | None:
+        return self.worker.job_timeout_s if spec.timeout_s is None else spec.timeout_s  # type: ignore[no-any-return]
+
     def _job_fields(self, spec: _JobSpec, run: _Run) -> dict[str, Any]:
-        return {
+        fields = {
             "job_id": run.job_id,
             "task": spec.name,
             "queue": self.worker.queue_name,
             "attempt": run.attempt,
-            "max_attempts": run.max_attempts,
-            "schedule": spec.name if spec.cron else None,
+            "max_attempts": self._max_attempts(spec),
         }
+        if spec.cron:  # left out, not None, otherwise: the event is then encoded without a filtering copy
+            fields["schedule"] = spec.name
+        return fields
 
     def started(self, spec: _JobSpec, ctx: dict[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Run | None:
-        with swallow_errors("arq job start"):
-            w = self.worker
-            enqueue_time = ctx.get("enqueue_time")
-            score = ctx.get("score")
-            run = _Run(
-                spec=spec,
-                job_id=str(ctx["job_id"]),
-                attempt=int(ctx.get("job_try") or 1),
-                max_attempts=w.max_tries if spec.max_tries is None else spec.max_tries,
-                timeout_s=w.job_timeout_s if spec.timeout_s is None else spec.timeout_s,
-                t0=time.monotonic(),
-                args=args,
-                kwargs=kwargs,
-            )
-            self.recorder.inflight += 1
-            self.recorder.emit(
-                EventType.JOB_STARTED,
-                enqueued_at=enqueue_time.timestamp() if isinstance(enqueue_time, datetime) else None,
-                eta=score / 1000.0 if isinstance(score, (int, float)) else None,
-                args_raw=args,
-                kwargs_raw=kwargs,
-                **self._job_fields(spec, run),
-                **trace_fields(),
-            )
+        """The attempt starts: snapshot it; job-started is built on the emitter's thread."""
+        try:
+            get = ctx.get
+            run = _Run(spec, str(ctx["job_id"]), int(get("job_try") or 1), args, kwargs, _monotonic(),
+                       get("enqueue_time"), get("score"))
+            rec = self.recorder
+            rec.inflight += 1  # one event loop, one thread: no lock
+            if rec.config.enabled:
+                rec.emitter.emit((_started_event, self, run, _now(), current_trace()))
             return run
-        return None
+        except Exception:
+            hook_failed("arq job start")
+            return None
 
     def _finish(self, run: _Run, type: str, ok: bool, **fields: Any) -> None:
+        rec = self.recorder
+        self._count(ok)
+        duration_ms = round((time.monotonic() - run.t0) * 1000.0, 3)
+        rec.emit(type, duration_ms=duration_ms, **self._job_fields(run.spec, run), **fields)
+
+    def _count(self, ok: bool) -> None:
         rec = self.recorder
         rec.inflight = max(0, rec.inflight - 1)
         rec.processed += 1
         if not ok:
             rec.failed += 1
-        duration_ms = round((time.monotonic() - run.t0) * 1000.0, 3)
-        rec.emit(type, duration_ms=duration_ms, **self._job_fields(run.spec, run), **fields)
 
     def succeeded(self, run: _Run | None, result: Any) -> None:
         if run is None:
             return
-        with swallow_errors("arq job end"):
+        try:
+            t1 = _monotonic()
             preview = None
-            if self.setup.config.capture_args and result is not None:
+            if result is not None and self.setup.config.capture_args:
                 try:
-                    preview = cap_text(repr(result), _RESULT_PREVIEW_CHARS)
+                    preview = cap_text(repr(result), _RESULT_PREVIEW_CHARS)  # now: the job may change it later
                 except Exception:
                     preview = f"<{type(result).__name__}>"
-            self._finish(run, EventType.JOB_SUCCEEDED, True, result=preview)
+            self._count(True)
+            rec = self.recorder
+            if rec.config.enabled:
+                rec.emitter.emit((_succeeded_event, self, run, t1, preview, _now()))
+        except Exception:
+            hook_failed("arq job end")
 
     def raised(self, run: _Run | None, exc: BaseException) -> None:
         """Report an attempt that raised, with the verdict arq's ``run_job`` is about to reach."""
@@ -615,7 +663,7 @@ class _WorkerState:
             task=run.spec.name,
             queue=self.worker.queue_name,
             attempt=run.attempt + 1,
-            max_attempts=run.max_attempts,
+            max_attempts=self._max_attempts(run.spec),
             eta=time.time() + retry_in,
             retry_in_s=retry_in,
             schedule=run.spec.name if run.spec.cron else None,
@@ -631,7 +679,7 @@ class _WorkerState:
             source = "func timeout" if run.spec.timeout_s is not None else "job_timeout"
             info = failure_fields(exc)
             info["exc_type"] = qualname(asyncio.TimeoutError)
-            info["exc_message"] = f"job exceeded its time limit of {run.timeout_s:g} s ({source})"
+            info["exc_message"] = f"job exceeded its time limit of {self._timeout_s(run.spec):g} s ({source})"
             self._finish(run, EventType.JOB_FAILED, False, final=True, reason="timeout",
                          payload=_payload(self, run), **info)
         elif w.retry_jobs:

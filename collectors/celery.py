@@ -16,15 +16,14 @@ the main process's worker id, so the node's heartbeats decide whether its jobs a
 
 from __future__ import annotations
 
-import contextvars
 import threading
 import time
-import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 try:
     from celery import signals
+    from celery._state import get_current_worker_task
     from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 except ImportError as exc:  # pragma: no cover - depends on the user's environment
     raise ImportError(
@@ -33,7 +32,16 @@ except ImportError as exc:  # pragma: no cover - depends on the user's environme
 
 from .config import CollectorConfig
 from .events import EventType
-from .runtime import Heartbeat, Recorder, failure_fields, swallow_errors, trace_fields
+from .runtime import (
+    Heartbeat,
+    Recorder,
+    current_trace,
+    failure_fields,
+    hook_failed,
+    new_correlation_id,
+    swallow_errors,
+    trace_fields,
+)
 
 __all__ = ["install", "CeleryCollector"]
 
@@ -48,15 +56,23 @@ _perf = time.perf_counter
 _thread_time = time.thread_time
 _STARTED = EventType.JOB_STARTED
 _SUCCEEDED = EventType.JOB_SUCCEEDED
-#: One guard per hot hook, made once: a guard keeps no per-use state.
-_GUARD_PRERUN = swallow_errors("celery.task_prerun")
-_GUARD_SUCCESS = swallow_errors("celery.task_postrun.success")
-_GUARD_POSTRUN = swallow_errors("celery.task_postrun")
 
-#: (job_id, correlation_id, enqueued_at) of the job running in this thread/context.
-_current_job: contextvars.ContextVar[tuple[str, str, float | None] | None] = contextvars.ContextVar(
-    "flowerbed_celery_job", default=None
-)
+
+def _current_job() -> tuple[str, str, float | None] | None:
+    """(job_id, correlation_id, enqueued_at) of the job running here, from Celery's own task stack.
+
+    Read only when something is published: keeping our own context variable instead cost every job
+    a set and a reset (~0.4 µs on a slow machine). The stack's top task not called directly as a
+    function is the one whose task_prerun ran last in this thread (worker or ``apply()``).
+    """
+    task = get_current_worker_task()
+    if task is None:
+        return None
+    req = task.request
+    job_id = getattr(req, "id", None)
+    if job_id is None:
+        return None
+    return job_id, getattr(req, HEADER_CORRELATION, None) or job_id, _ts(getattr(req, HEADER_ENQUEUED_AT, None))
 
 
 def _ts(value: Any) -> float | None:
@@ -80,23 +96,107 @@ def _pool_name(pool: Any) -> str:
 
 
 class _Running:
-    """What a pool thread remembers about one attempt between task_prerun and task_postrun."""
+    """One attempt, from task_prerun to task_postrun, as the pool thread snapshots it.
 
-    __slots__ = ("t0", "cpu0", "attempt", "max_attempts", "queue", "enqueued_at", "corr", "token", "task",
-                 "job_id")
+    Made for every job on its own thread, so it keeps references and clocks only; the fields derived
+    from them (queue, correlation id, enqueue time, max_attempts) are read when an event is built,
+    for a success on the emitter's thread. ``req`` is the attempt's own request context: Celery
+    makes a new one for every run and does not change it afterwards.
+    """
 
-    def __init__(self, t0: float, cpu0: float, attempt: int, max_attempts: int | None, queue: str | None,
-                 enqueued_at: float | None, corr: str, token: Any, task: Any = None, job_id: Any = None) -> None:
+    __slots__ = ("task", "job_id", "req", "attempt", "args", "kwargs", "t0", "cpu0")
+
+    def __init__(self, task: Any, job_id: Any, req: Any, attempt: int, args: Any, kwargs: Any, t0: float,
+                 cpu0: float) -> None:
         self.task = task
         self.job_id = job_id
+        self.req = req
+        self.attempt = attempt
+        self.args = args
+        self.kwargs = kwargs
         self.t0 = t0
         self.cpu0 = cpu0
-        self.attempt = attempt
-        self.max_attempts = max_attempts
-        self.queue = queue
-        self.enqueued_at = enqueued_at
-        self.corr = corr
-        self.token = token
+
+    @property
+    def queue(self) -> str | None:
+        return (self.req.delivery_info or {}).get("routing_key")
+
+    @property
+    def corr(self) -> str:
+        return getattr(self.req, HEADER_CORRELATION, None) or self.job_id
+
+    @property
+    def enqueued_at(self) -> float | None:
+        return _ts(getattr(self.req, HEADER_ENQUEUED_AT, None))
+
+    @property
+    def max_attempts(self) -> int | None:
+        max_retries = getattr(self.task, "max_retries", None)
+        return None if max_retries is None else int(max_retries) + 1
+
+    def fields(self, task: Any, t1: float, cpu1: float) -> dict[str, Any]:
+        """The identity and timings of the attempt, for its outcome's event."""
+        return {
+            "job_id": self.job_id,
+            "task": getattr(task, "name", None),
+            "queue": self.queue,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "enqueued_at": self.enqueued_at,
+            "correlation_id": self.corr,
+            "duration_ms": round((t1 - self.t0) * 1000.0, 3),
+            "cpu_ms": round((cpu1 - self.cpu0) * 1000.0, 3),
+        }
+
+
+# --- events completed on the emitter's thread (see Emitter: deferred events) ----------------------
+
+
+def _optional(fields: dict[str, Any], state: _Running) -> None:
+    """Add queue, max_attempts and enqueued_at when set: an event without None values is encoded
+    without a filtering copy."""
+    queue = state.queue
+    if queue is not None:
+        fields["queue"] = queue
+    max_attempts = state.max_attempts
+    if max_attempts is not None:
+        fields["max_attempts"] = max_attempts
+    enqueued_at = state.enqueued_at
+    if enqueued_at is not None:
+        fields["enqueued_at"] = enqueued_at
+
+
+def _started_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
+    _, collector, state, ts, trace = item
+    fields = {
+        "job_id": state.job_id,
+        "task": state.task.name,
+        "attempt": state.attempt,
+        "correlation_id": state.corr,
+        "args_raw": state.args,  # references: redaction and truncation run on this thread
+        "kwargs_raw": state.kwargs,
+    }
+    _optional(fields, state)
+    eta = state.req.eta
+    if eta is not None:
+        fields["eta"] = _ts(eta)
+    if trace:
+        fields.update(trace)
+    return collector._event(_STARTED, fields, ts)
+
+
+def _succeeded_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
+    _, collector, state, task, t1, cpu1, ts = item
+    fields = {
+        "job_id": state.job_id,
+        "task": getattr(task, "name", None),
+        "attempt": state.attempt,
+        "correlation_id": state.corr,
+        "duration_ms": round((t1 - state.t0) * 1000.0, 3),
+        "cpu_ms": round((cpu1 - state.cpu0) * 1000.0, 3),
+    }
+    _optional(fields, state)
+    return collector._event(_SUCCEEDED, fields, ts)
 
 
 class CeleryCollector:
@@ -157,15 +257,18 @@ class CeleryCollector:
             fields.setdefault("worker", self._node)
         self.recorder.emit(type, **fields)
 
-    def _send(self, type: str, fields: dict[str, Any]) -> None:
-        """:meth:`_emit` for the per-job hooks, which build their fields as one dict: no re-packing."""
-        rec = self.recorder
-        if not rec.config.enabled:
-            return
+    def _event(self, type: str, fields: dict[str, Any], ts: float) -> tuple[Any, str, dict[str, Any]]:
+        """A deferred event's (identity, type, fields), as :meth:`_emit` would have queued it."""
         if self._node is not None:
             fields.setdefault("worker", self._node)
-        fields["ts"] = _now()
-        rec.emitter.emit((rec.identity, type, fields))
+        fields["ts"] = ts
+        return self.recorder.identity, type, fields
+
+    def _defer(self, item: tuple[Any, ...]) -> None:
+        """Queue a deferred event (see Emitter): the job's thread only snapshots."""
+        rec = self.recorder
+        if rec.config.enabled:
+            rec.emitter.emit(item)
 
     def _max_attempts(self, task: Any) -> int | None:
         max_retries = getattr(task, "max_retries", None)
@@ -180,7 +283,7 @@ class CeleryCollector:
             if not isinstance(headers, dict) or "id" not in headers:
                 return  # protocol 1 messages carry no headers to stamp
             job_id = headers["id"]
-            current = _current_job.get()
+            current = _current_job()
             retry_of_current = current is not None and current[0] == job_id
             enqueued_at = headers.get(HEADER_ENQUEUED_AT)
             if enqueued_at is None:
@@ -188,7 +291,7 @@ class CeleryCollector:
                 headers[HEADER_ENQUEUED_AT] = enqueued_at
             corr = headers.get(HEADER_CORRELATION)
             if corr is None:
-                corr = current[1] if current is not None else uuid.uuid4().hex
+                corr = current[1] if current is not None else new_correlation_id()
                 headers[HEADER_CORRELATION] = corr
             name = headers.get("task") or sender
             args = body[0] if isinstance(body, (tuple, list)) and len(body) >= 2 else None
@@ -342,41 +445,19 @@ class CeleryCollector:
 
     def on_prerun(self, sender: Any = None, task_id: Any = None, task: Any = None, args: Any = None,
                   kwargs: Any = None, **kw: Any) -> None:
-        """Report the attempt as started and start its clocks."""
-        with _GUARD_PRERUN:
+        """The attempt starts: snapshot it and start its clocks; job-started is built off this thread."""
+        try:
             if task is None or not self._ours(task):
                 return
             req = task.request
-            corr = getattr(req, HEADER_CORRELATION, None) or task_id
-            enqueued_at = _ts(getattr(req, HEADER_ENQUEUED_AT, None))
-            info = req.delivery_info or {}
-            queue = info.get("routing_key")
-            attempt = int(req.retries or 0) + 1
-            max_retries = getattr(task, "max_retries", None)
-            max_attempts = None if max_retries is None else int(max_retries) + 1
-            state = _Running(_perf(), _thread_time(), attempt, max_attempts, queue, enqueued_at, corr,
-                             _current_job.set((task_id, corr, enqueued_at)), task, task_id)
+            state = _Running(task, task_id, req, int(req.retries or 0) + 1, args, kwargs, _perf(), _thread_time())
             running = self._running
             if len(running) >= _MAX_TRACKED:
                 running.clear()
             running[task_id] = state
-            eta = req.eta
-            fields = {
-                "job_id": task_id,
-                "task": task.name,
-                "queue": queue,
-                "attempt": attempt,
-                "max_attempts": max_attempts,
-                "enqueued_at": enqueued_at,
-                "eta": None if eta is None else _ts(eta),
-                "correlation_id": corr,
-                "args_raw": args,  # a reference: redaction and truncation run on the emitter thread
-                "kwargs_raw": kwargs,
-            }
-            trace = trace_fields()
-            if trace:
-                fields.update(trace)
-            self._send(_STARTED, fields)
+            self._defer((_started_event, self, state, _now(), current_trace()))
+        except Exception:
+            hook_failed("celery.task_prerun")
 
     def _attempt_fields(self, task_id: str, task: Any, state: _Running | None = None) -> dict[str, Any]:
         """Identity and timings of an attempt, from the running state when this thread ran it."""
@@ -384,27 +465,9 @@ class CeleryCollector:
             state = self._running.get(task_id)
         if state is None:
             return {"job_id": task_id, "task": getattr(task, "name", None)}
-        return {
-            "job_id": task_id,
-            "task": getattr(task, "name", None),
-            "queue": state.queue,
-            "attempt": state.attempt,
-            "max_attempts": state.max_attempts,
-            "enqueued_at": state.enqueued_at,
-            "correlation_id": state.corr,
-            "duration_ms": round((_perf() - state.t0) * 1000.0, 3),
-            "cpu_ms": round((_thread_time() - state.cpu0) * 1000.0, 3),
-        }
-
-    def _succeeded(self, sender: Any, task_id: Any, state: Any) -> None:
-        """Report the attempt as succeeded (from task_postrun: one signal less per job than task_success)."""
-        with _GUARD_SUCCESS:
-            if sender is None or not self._ours(sender):
-                return
-            if state is None or state.task is not sender:
-                self._send(_SUCCEEDED, self._attempt_fields(task_id or sender.request.id, sender))
-            else:
-                self._send(_SUCCEEDED, self._attempt_fields(state.job_id, sender, state))
+        fields = state.fields(task, _perf(), _thread_time())
+        fields["job_id"] = task_id
+        return fields
 
     def on_retry(self, sender: Any = None, request: Any = None, reason: Any = None, einfo: Any = None,
                  **kw: Any) -> None:
@@ -461,17 +524,19 @@ class CeleryCollector:
             self._emit(EventType.JOB_FAILED, final=True, **fields)
 
     def on_postrun(self, sender: Any = None, task_id: Any = None, **kw: Any) -> None:
-        """Forget the attempt and leave the job's context."""
-        with _GUARD_POSTRUN:
-            state = self._running.get(task_id)
-            if kw.get("state") == "SUCCESS":
-                self._succeeded(sender, task_id, state)
+        """Report a success (one signal less per job than task_success) and forget the attempt."""
+        try:
+            t1, cpu1 = _perf(), _thread_time()
             state = self._running.pop(task_id, None)
-            if state is not None and state.token is not None:
-                try:
-                    _current_job.reset(state.token)
-                except ValueError:
-                    _current_job.set(None)
+            if kw.get("state") != "SUCCESS" or sender is None or not self._ours(sender):
+                return
+            if state is not None and state.task is sender:
+                self._defer((_succeeded_event, self, state, sender, t1, cpu1, _now()))
+                return
+            # Not started here (or another task's attempt under this id): what the request says.
+            self._emit(_SUCCEEDED, **self._attempt_fields(task_id or sender.request.id, sender, state))
+        except Exception:
+            hook_failed("celery.task_postrun")
 
     def _first_failure(self, task_id: str) -> bool:
         now = time.monotonic()

@@ -42,13 +42,11 @@ both are reported.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import threading
 import time
 import traceback
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -64,7 +62,16 @@ except ImportError as exc:  # pragma: no cover - the user asked for the Dramatiq
 from .config import CollectorConfig
 from .constants import HEARTBEAT_INTERVAL_S
 from .events import EventType, cap_text
-from .runtime import Heartbeat, Recorder, failure_fields, swallow_errors, trace_fields
+from .runtime import (
+    Heartbeat,
+    Recorder,
+    current_trace,
+    failure_fields,
+    hook_failed,
+    new_correlation_id,
+    swallow_errors,
+    trace_fields,
+)
 
 __all__ = ["Collector"]
 
@@ -76,28 +83,130 @@ _RESULT_PREVIEW_CHARS = 200
 OPTION_CORRELATION = "fb_correlation_id"
 
 
-@dataclasses.dataclass
-class _Attempt:
-    """One attempt at one message, from its start (or its skip) until it is acked or nacked."""
+_now = time.time
+_monotonic = time.monotonic
+_thread_time = time.thread_time
+_get_ident = threading.get_ident
 
-    message_id: str
-    task: str
-    queue: str
-    attempt: int
-    max_attempts: int | None
-    started: bool
-    correlation: str | None = None
-    t0: float = dataclasses.field(default_factory=time.monotonic)
-    cpu0: float = dataclasses.field(default_factory=time.thread_time)
+
+class _Attempt:
+    """One attempt at one message, from its start (or its skip) until it is acked or nacked.
+
+    Made on the worker thread for every message, so it holds only what that thread must snapshot:
+    the attempt number (Retries bumps ``options["retries"]`` when it fails) and the clocks. What the
+    message itself says (id, actor, queue, correlation id) is read when needed, mostly on the
+    emitter's thread. ``message`` is the bare ``Message``: a ``MessageProxy`` answers every attribute
+    through ``__getattr__``, ~0.7 µs a read on a slow machine.
+    """
+
     outcome: str | None = None  # "ok" | "error" | "skip", once after_process/skip_message has run
+    t1: float | None = None  # monotonic and thread CPU clocks when the actor returned
+    cpu1: float | None = None
     exc: BaseException | None = None
     traceback: str | None = None
     exc_message: str | None = None
     reason: str | None = None
     result: str | None = None
-    duration_ms: float | None = None
-    cpu_ms: float | None = None
     retry_delay_ms: int | None = None
+
+    def __init__(self, message: Any, attempt: int, started: bool, t0: float, cpu0: float) -> None:
+        self.message = message
+        self.attempt = attempt
+        self.started = started
+        self.t0 = t0
+        self.cpu0 = cpu0
+
+    @property
+    def message_id(self) -> str:
+        return self.message.message_id  # type: ignore[no-any-return]
+
+    @property
+    def correlation(self) -> str | None:
+        message = self.message
+        return message.options.get(OPTION_CORRELATION) or message.message_id  # type: ignore[no-any-return]
+
+    def timing_fields(self) -> dict[str, float | None]:
+        """duration_ms and cpu_ms of the actor's run (None when it never ran here)."""
+        if self.t1 is None:
+            return {"duration_ms": None, "cpu_ms": None}
+        return {
+            "duration_ms": round((self.t1 - self.t0) * 1000.0, 3),
+            "cpu_ms": round((self.cpu1 - self.cpu0) * 1000.0, 3),  # type: ignore[operator]
+        }
+
+    def fields(self, broker: Any) -> dict[str, Any]:
+        """The fields every event about this attempt carries."""
+        message = self.message
+        return {
+            "job_id": message.message_id,
+            "task": message.actor_name,
+            "queue": q_name(message.queue_name),
+            "attempt": self.attempt,
+            "max_attempts": _max_attempts(broker, message),
+            **self.timing_fields(),
+            "correlation_id": self.correlation,
+        }
+
+
+def _bare(message: Any) -> Any:
+    """The ``Message`` inside a ``MessageProxy`` (attribute reads on it are plain, not ``__getattr__``)."""
+    try:
+        return message._message
+    except AttributeError:
+        return message
+
+
+# --- events completed on the emitter's thread (see Emitter: deferred events) ----------------------
+
+
+def _started_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
+    _, rec, broker, run, ts, trace = item
+    message = run.message
+    message_id = message.message_id
+    fields = {
+        "job_id": message_id,
+        "task": message.actor_name,
+        "queue": q_name(message.queue_name),
+        "attempt": run.attempt,
+        "enqueued_at": message.message_timestamp / 1000.0,
+        "args_raw": message.args,
+        "kwargs_raw": message.kwargs,
+        "correlation_id": message.options.get(OPTION_CORRELATION) or message_id,
+        "ts": ts,
+    }
+    # Optional fields only when set: an event without None values is encoded without a filtering copy.
+    max_attempts = _max_attempts(broker, message)
+    if max_attempts is not None:
+        fields["max_attempts"] = max_attempts
+    schedule, slot = _schedule_of(message)
+    if schedule is not None:
+        fields["schedule"] = schedule
+        fields["slot"] = slot
+    if trace:
+        fields.update(trace)
+    return rec.identity, EventType.JOB_STARTED, fields
+
+
+def _succeeded_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
+    _, rec, broker, run, ts = item
+    message = run.message
+    message_id = message.message_id
+    fields = {
+        "job_id": message_id,
+        "task": message.actor_name,
+        "queue": q_name(message.queue_name),
+        "attempt": run.attempt,
+        "duration_ms": round((run.t1 - run.t0) * 1000.0, 3),
+        "cpu_ms": round((run.cpu1 - run.cpu0) * 1000.0, 3),
+        "correlation_id": message.options.get(OPTION_CORRELATION) or message_id,
+        "ts": ts,
+    }
+    max_attempts = _max_attempts(broker, message)
+    if max_attempts is not None:
+        fields["max_attempts"] = max_attempts
+    if run.result is not None:
+        fields["result"] = run.result
+    return rec.identity, EventType.JOB_SUCCEEDED, fields
 
 
 class Collector(Middleware):
@@ -124,6 +233,9 @@ class Collector(Middleware):
 
     def _reset(self) -> None:
         self._runs: dict[int, _Attempt] = {}  # by worker thread: one message at a time each
+        #: [processed, failed] by worker thread: each thread counts its own (no lock per message),
+        #: heartbeats add them up.
+        self._counts: dict[int, list[int]] = {}
         self._lock = threading.Lock()
         self._beats: list[Heartbeat] = []
         self._registered: set[str] = set()
@@ -137,7 +249,7 @@ class Collector(Middleware):
             options = message.options
             if OPTION_CORRELATION not in options:
                 run = self._runs.get(threading.get_ident())
-                options[OPTION_CORRELATION] = run.correlation if run is not None else uuid.uuid4().hex
+                options[OPTION_CORRELATION] = run.correlation if run is not None else new_correlation_id()
 
     def after_enqueue(self, broker: Any, message: Any, delay: int | None) -> None:
         """A message reached the broker: a send, a retry (Retries' re-enqueue) or a periodiq fire."""
@@ -163,7 +275,7 @@ class Collector(Middleware):
                 run.retry_delay_ms = delay if delay is not None else 0
                 self.recorder.emit(
                     EventType.JOB_ENQUEUED, retry_in_s=(delay or 0) / 1000.0,
-                    max_attempts=run.max_attempts, **common,
+                    max_attempts=_max_attempts(broker, run.message), **common,
                 )
                 return
             schedule, slot = _schedule_of(message)
@@ -190,34 +302,28 @@ class Collector(Middleware):
     # --- one attempt ---------------------------------------------------------------------------
 
     def before_process_message(self, broker: Any, message: Any) -> None:
-        """An attempt begins on this worker thread."""
-        with swallow_errors("dramatiq before_process_message"):
-            run = self._new_attempt(broker, message, started=True)
-            schedule, slot = _schedule_of(message)
-            self.recorder.emit(
-                EventType.JOB_STARTED,
-                job_id=run.message_id,
-                task=run.task,
-                queue=run.queue,
-                attempt=run.attempt,
-                max_attempts=run.max_attempts,
-                enqueued_at=message.message_timestamp / 1000.0,
-                args_raw=message.args,
-                kwargs_raw=message.kwargs,
-                schedule=schedule,
-                slot=slot,
-                correlation_id=run.correlation,
-                **trace_fields(),
-            )
+        """An attempt begins on this worker thread: snapshot, and leave the event to the emitter."""
+        try:
+            msg = _bare(message)
+            run = _Attempt(msg, int(msg.options.get("retries") or 0) + 1, True, _monotonic(), _thread_time())
+            self._runs[_get_ident()] = run  # replaces a stale attempt whose ack never came
+            rec = self.recorder
+            if rec.config.enabled:
+                rec.emitter.emit((_started_event, rec, broker, run, _now(), current_trace()))
+        except Exception:
+            hook_failed("dramatiq before_process_message")
 
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
     ) -> None:
         """Note how the attempt ended; it is reported once the message is acked or nacked."""
-        with swallow_errors("dramatiq after_process_message"):
-            run = self._attempt_of(broker, message)
-            run.duration_ms = round((time.monotonic() - run.t0) * 1000.0, 3)
-            run.cpu_ms = round((time.thread_time() - run.cpu0) * 1000.0, 3)
+        try:
+            t1, cpu1 = _monotonic(), _thread_time()
+            run = self._runs.get(_get_ident())
+            if run is None or run.message is not _bare(message) or run.outcome is not None:
+                run = self._attempt_of(broker, message)
+                t1, cpu1 = _monotonic(), _thread_time()
+            run.t1, run.cpu1 = t1, cpu1
             if exception is None:
                 run.outcome = "ok"
                 if result is not None and self.config.capture_args:
@@ -233,6 +339,8 @@ class Collector(Middleware):
                 limit = _time_limit_ms(broker, message)
                 run.reason = "timeout"
                 run.exc_message = f"actor exceeded its time limit of {limit:g} ms (TimeLimit)"
+        except Exception:
+            hook_failed("dramatiq after_process_message")
 
     def after_skip_message(self, broker: Any, message: Any) -> None:
         """A middleware raised SkipMessage (AgeLimit, periodiq's stale fires, …)."""
@@ -247,10 +355,12 @@ class Collector(Middleware):
 
     def after_ack(self, broker: Any, message: Any) -> None:
         """The message is settled and gone: success, a retried failure, or a final one without a DLQ."""
-        with swallow_errors("dramatiq after_ack"):
+        try:
             run = self._settle(message)
             if run is not None:  # else: the .DQ copy of a delayed message, acked as it moves on
                 self._report(broker, run, message, dead=False)
+        except Exception:
+            hook_failed("dramatiq after_ack")
 
     def after_nack(self, broker: Any, message: Any) -> None:
         """The message went to the dead-letter queue: a final failure."""
@@ -266,64 +376,60 @@ class Collector(Middleware):
             self._report(broker, run, message, dead=True)
 
     def _new_attempt(self, broker: Any, message: Any, started: bool, keep: bool = True) -> _Attempt:
-        run = _Attempt(
-            message_id=message.message_id,
-            task=message.actor_name,
-            queue=q_name(message.queue_name),
-            attempt=int(message.options.get("retries") or 0) + 1,
-            max_attempts=_max_attempts(broker, message),
-            started=started,
-            correlation=message.options.get(OPTION_CORRELATION) or message.message_id,
-        )
+        msg = _bare(message)
+        run = _Attempt(msg, int(msg.options.get("retries") or 0) + 1, started, _monotonic(), _thread_time())
         if keep:
-            with self._lock:
-                stale = self._runs.get(threading.get_ident())
-                if stale is not None and stale.started:
-                    self.recorder.inflight = max(0, self.recorder.inflight - 1)
-                if started:
-                    self.recorder.inflight += 1
-                self._runs[threading.get_ident()] = run
+            self._runs[_get_ident()] = run
         return run
 
     def _attempt_of(self, broker: Any, message: Any) -> _Attempt:
-        run = self._runs.get(threading.get_ident())
+        run = self._runs.get(_get_ident())
         if run is None or run.message_id != message.message_id or run.outcome is not None:
             # A middleware ahead of us skipped it before our before_process_message ran.
             run = self._new_attempt(broker, message, started=False)
         return run
 
     def _settle(self, message: Any) -> _Attempt | None:
-        ident = threading.get_ident()
+        ident = _get_ident()
         run = self._runs.get(ident)
-        if run is None or run.message_id != message.message_id or run.outcome is None:
+        if run is None or run.outcome is None:
             return None
-        with self._lock:
-            del self._runs[ident]
-            if run.started:
-                self.recorder.inflight = max(0, self.recorder.inflight - 1)
+        if run.message is not _bare(message) and run.message_id != message.message_id:
+            return None
+        del self._runs[ident]
         return run
+
+    def _count(self, failed: bool) -> None:
+        """Count a settled attempt in this thread's own [processed, failed] (no other thread writes it)."""
+        ident = _get_ident()
+        counts = self._counts.get(ident)
+        if counts is None:
+            counts = self._counts[ident] = [0, 0]
+        counts[0] += 1
+        if failed:
+            counts[1] += 1
+
+    def counters(self) -> dict[str, int]:
+        """inflight, processed and failed of this process, for heartbeats and worker-offline."""
+        totals = list(self._counts.values())
+        runs = list(self._runs.values())
+        rec = self.recorder
+        rec.inflight = sum(1 for run in runs if run.started)
+        rec.processed = sum(c[0] for c in totals)
+        rec.failed = sum(c[1] for c in totals)
+        return {"inflight": rec.inflight, "processed": rec.processed, "failed": rec.failed}
 
     def _report(self, broker: Any, run: _Attempt, message: Any, dead: bool) -> None:
         rec = self.recorder
-        fields: dict[str, Any] = {
-            "job_id": run.message_id,
-            "task": run.task,
-            "queue": run.queue,
-            "attempt": run.attempt,
-            "max_attempts": run.max_attempts,
-            "duration_ms": run.duration_ms,
-            "cpu_ms": run.cpu_ms,
-            "correlation_id": run.correlation,
-        }
-        if dead:
-            fields["dead_letter_queue"] = xq_name(run.queue)
-        with self._lock:
-            rec.processed += 1
-            if run.outcome != "ok" or dead:
-                rec.failed += 1
-        if run.outcome == "ok" and not dead:
-            rec.emit(EventType.JOB_SUCCEEDED, result=run.result, **fields)
+        ok = run.outcome == "ok" and not dead
+        self._count(failed=not ok)
+        if ok:
+            if rec.config.enabled:
+                rec.emitter.emit((_succeeded_event, rec, broker, run, _now()))
             return
+        fields = run.fields(broker)
+        if dead:
+            fields["dead_letter_queue"] = xq_name(fields["queue"])
         failure = failure_fields(run.exc, text=run.traceback) if run.exc is not None else {}
         if run.exc_message is not None:
             failure["exc_message"] = run.exc_message
@@ -363,7 +469,8 @@ class Collector(Middleware):
                 queues=queues,
                 broker=type(broker).__name__,
             )
-            beat = Heartbeat(self.recorder, lambda: {"concurrency": threads}, self.heartbeat_interval)
+            beat = Heartbeat(self.recorder, lambda: {"concurrency": threads, **self.counters()},
+                             self.heartbeat_interval)
             self._beats.append(beat)
             beat.start()
 
@@ -374,8 +481,7 @@ class Collector(Middleware):
                 beat.stop()
             self._beats = []
             rec = self.recorder
-            rec.emit(EventType.WORKER_OFFLINE, inflight=rec.inflight, processed=rec.processed, failed=rec.failed,
-                     dropped=rec.emitter.dropped)
+            rec.emit(EventType.WORKER_OFFLINE, **self.counters(), dropped=rec.emitter.dropped)
             rec.emitter.flush(2.0)
 
     # --- periodiq ------------------------------------------------------------------------------
@@ -426,8 +532,28 @@ def _middleware(broker: Any, cls: type) -> Any:
     return cache[key]
 
 
+_MISSING: Any = object()
+
+
 def _max_attempts(broker: Any, message: Any) -> int | None:
-    """Attempts the Retries middleware allows this message (1 without it, None under retry_when)."""
+    """Attempts the Retries middleware allows this message (1 without it, None under retry_when).
+
+    Remembered per broker, actor and message option: it is asked for every event about a job.
+    """
+    key = (message.actor_name, message.options.get("max_retries", _MISSING), len(broker.middleware))
+    try:
+        cache = broker.__dict__.setdefault("_flowerbed_max_attempts", {})
+    except AttributeError:  # a broker without __dict__
+        return _compute_max_attempts(broker, message)
+    value = cache.get(key, _MISSING)
+    if value is _MISSING:
+        if len(cache) >= 1024:
+            cache.clear()
+        value = cache[key] = _compute_max_attempts(broker, message)
+    return value  # type: ignore[no-any-return]
+
+
+def _compute_max_attempts(broker: Any, message: Any) -> int | None:
     retries = _middleware(broker, Retries)
     if retries is None:
         return 1

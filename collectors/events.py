@@ -43,6 +43,7 @@ __all__ = [
     "InvalidEvent",
     "Redactor",
     "build",
+    "complete",
     "new_event_id",
     "encode",
     "decode",
@@ -207,6 +208,11 @@ def build(type: str, lib: str, app: str, **fields: Any) -> dict[str, Any]:
     ``args_raw`` / ``kwargs_raw`` may hold the job's real arguments: :func:`encode` turns them into
     a redacted, truncated ``args`` preview off the job's thread.
     """
+    return complete(fields, type, lib, app)
+
+
+def complete(fields: dict[str, Any], type: str, lib: str, app: str) -> dict[str, Any]:
+    """:func:`build` on a dict the caller hands over: filled in place, so nothing is copied."""
     fields["v"] = PROTOCOL_VERSION
     fields["id"] = new_event_id()
     fields["type"] = type
@@ -348,15 +354,17 @@ def cap_payload(payload: Mapping[str, Any], limit: int = DEFAULT_PAYLOAD_LIMIT) 
 
 def encode(event: dict[str, Any], redactor: Redactor) -> bytes | None:
     """Serialise an event for the stream; ``None`` if it cannot be made to fit the size limit."""
-    raw_args = event.pop("args_raw", None)
-    raw_kwargs = event.pop("kwargs_raw", None)
-    if (raw_args or raw_kwargs) and "args" not in event:
-        event["args"] = preview(raw_args, raw_kwargs, redactor)
-    if event.get("payload") is not None and redactor is not None:
-        payload = event["payload"]
+    if "args_raw" in event or "kwargs_raw" in event:
+        raw_args = event.pop("args_raw", None)
+        raw_kwargs = event.pop("kwargs_raw", None)
+        if (raw_args or raw_kwargs) and "args" not in event:
+            event["args"] = preview(raw_args, raw_kwargs, redactor)
+    payload = event.get("payload")
+    if payload is not None and redactor is not None:
         if isinstance(payload, Mapping) and not payload.get("truncated"):
             event["payload"] = cap_payload(payload)
-    clean = {k: v for k, v in event.items() if v is not None}
+    # Most events have no None left: testing for one is a C loop, the filtering copy is not.
+    clean = {k: v for k, v in event.items() if v is not None} if None in event.values() else event
     data = _dumps_bytes(clean)
     if len(data) <= MAX_EVENT_BYTES:
         return data

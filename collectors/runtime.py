@@ -30,6 +30,9 @@ __all__ = [
     "LoopLagMonitor",
     "failure_fields",
     "trace_fields",
+    "current_trace",
+    "new_correlation_id",
+    "hook_failed",
     "rss_bytes",
     "qualname",
 ]
@@ -64,6 +67,19 @@ class swallow_errors:
             log.warning("flowerbed %s error (further errors muted for 60 s)", self.where,
                         exc_info=(exc_type, exc, tb))
         return True
+
+
+def hook_failed(where: str) -> None:
+    """What :class:`swallow_errors` does with an error, for a hot hook's own ``try``/``except``.
+
+    ``try`` costs nothing until something raises (from Python 3.11; next to nothing before); a
+    ``with`` block costs two calls, ~0.3 µs per hook on a slow machine. Call it from inside the
+    ``except Exception`` block.
+    """
+    now = time.monotonic()
+    if now - _last_logged[0] > 60:
+        _last_logged[0] = now
+        log.warning("flowerbed %s error (further errors muted for 60 s)", where, exc_info=True)
 
 
 def guarded(fn: F) -> F:
@@ -114,6 +130,25 @@ def failure_fields(exc: BaseException | None, tb: Any = None, text: str | None =
         "exc_message": cap_text(message),
         "traceback": cap_traceback(text, DEFAULT_TRACEBACK_LIMIT),
     }
+
+
+def new_correlation_id() -> str:
+    """A fresh correlation id: 32 random hex digits, as ``uuid4().hex`` gave (less its version digit).
+
+    ``os.urandom(16).hex()`` costs a fifth of ``uuid.uuid4().hex`` (~0.9 µs against ~4.7 µs on a slow
+    machine), and every enqueue outside a job makes one.
+    """
+    return os.urandom(16).hex()
+
+
+_modules = sys.modules
+
+
+def current_trace() -> dict[str, str] | None:
+    """:func:`trace_fields` for a job's hot path: ``None`` (no call, no dict) when OpenTelemetry is not loaded."""
+    if _modules.get("opentelemetry.trace") is None:
+        return None
+    return trace_fields() or None
 
 
 def trace_fields() -> dict[str, str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextvars
 import sys
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -33,7 +32,16 @@ except ImportError as exc:  # pragma: no cover - depends on the user's environme
 
 from .config import CollectorConfig
 from .events import EventType
-from .runtime import Heartbeat, LoopLagMonitor, Recorder, failure_fields, swallow_errors, trace_fields
+from .runtime import (
+    Heartbeat,
+    LoopLagMonitor,
+    Recorder,
+    current_trace,
+    failure_fields,
+    hook_failed,
+    new_correlation_id,
+    swallow_errors,
+)
 
 __all__ = ["Collector", "InstrumentedScheduler"]
 
@@ -54,14 +62,9 @@ _perf = time.perf_counter
 _process_time = time.process_time
 _STARTED = EventType.JOB_STARTED
 _SUCCEEDED = EventType.JOB_SUCCEEDED
-#: One guard per hot hook, made once: a guard keeps no per-use state.
-_GUARD_PRE_EXECUTE = swallow_errors("taskiq.pre_execute")
-_GUARD_POST_EXECUTE = swallow_errors("taskiq.post_execute")
 
-#: (job_id, correlation_id) of the job running in this context: jobs it enqueues inherit it.
-_current_job: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
-    "flowerbed_taskiq_job", default=None
-)
+#: The message of the job running in this context: jobs it enqueues inherit its correlation id.
+_current_job: contextvars.ContextVar[Any] = contextvars.ContextVar("flowerbed_taskiq_job", default=None)
 #: Set by InstrumentedScheduler.on_ready so post_send can report which job a fire enqueued.
 _firing: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "flowerbed_taskiq_fire", default=None
@@ -96,24 +99,108 @@ def _worker_args() -> Any:
         return None
 
 
+def _attempt_of(labels: dict[str, Any]) -> int:
+    retries = labels.get("_retries")
+    return (retries if type(retries) is int else _int(retries, 0)) + 1
+
+
 class _Running:
-    """What a worker remembers about one attempt between pre_execute and post_execute."""
+    """One attempt between pre_execute and post_execute, as the worker snapshots it on the job's path.
 
-    __slots__ = ("t0", "cpu0", "seq", "alone", "attempt", "max_attempts", "queue", "token", "corr",
-                 "enqueued_at")
+    Keeps the message and clocks; queue, max_attempts and enqueue time are read from the message's
+    labels when an event is built (for a success, on the emitter's thread).
+    """
 
-    def __init__(self, t0: float, cpu0: float, seq: int, alone: bool, attempt: int, max_attempts: int | None,
-                 queue: str | None, token: Any, corr: Any, enqueued_at: float | None) -> None:
-        self.t0 = t0
-        self.cpu0 = cpu0
+    __slots__ = ("message", "seq", "alone", "attempt", "t0", "cpu0", "token")
+
+    def __init__(self, message: Any, seq: int, alone: bool, attempt: int, t0: float, cpu0: float | None,
+                 token: Any) -> None:
+        self.message = message
         self.seq = seq
         self.alone = alone
         self.attempt = attempt
-        self.max_attempts = max_attempts
-        self.queue = queue
+        self.t0 = t0
+        self.cpu0 = cpu0
         self.token = token
-        self.corr = corr
-        self.enqueued_at = enqueued_at
+
+
+# --- events completed on the emitter's thread (see Emitter: deferred events) ----------------------
+
+
+def _enqueued_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
+    _, collector, message, size, ts, trace = item
+    labels = message.labels
+    fields = {
+        "job_id": message.task_id,
+        "task": message.task_name,
+        "queue": collector._queue(labels),
+        "attempt": _int(labels.get("_retries"), 0) + 1,
+        "max_attempts": collector._max_attempts(labels),
+        "enqueued_at": _float(labels.get(LABEL_ENQUEUED_AT)),
+        "payload_bytes": size,
+        "correlation_id": labels.get(LABEL_CORRELATION),
+        "args_raw": message.args,
+        "kwargs_raw": message.kwargs,
+        "schedule_id": labels.get("schedule_id"),
+        "ts": ts,
+    }
+    if trace:
+        fields.update(trace)
+    return collector.recorder.identity, EventType.JOB_ENQUEUED, fields
+
+
+def _started_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
+    _, collector, state, ts, trace = item
+    message = state.message
+    labels = message.labels
+    task_id = message.task_id
+    fields = {
+        "job_id": task_id,
+        "task": message.task_name,
+        "attempt": state.attempt,
+        "max_attempts": collector._max_attempts(labels),
+        "correlation_id": labels.get(LABEL_CORRELATION) or task_id,
+        "args_raw": message.args,  # references: redaction and truncation run on this thread
+        "kwargs_raw": message.kwargs,
+        "ts": ts,
+    }
+    _add_optional(fields, collector, labels)
+    if trace:
+        fields.update(trace)
+    return collector.recorder.identity, _STARTED, fields
+
+
+def _add_optional(fields: dict[str, Any], collector: Collector, labels: dict[str, Any]) -> None:
+    """queue and enqueued_at when set: an event without None values is encoded without a filtering copy."""
+    queue = collector._queue(labels)
+    if queue is not None:
+        fields["queue"] = queue
+    enqueued_at = _float(labels.get(LABEL_ENQUEUED_AT))
+    if enqueued_at is not None:
+        fields["enqueued_at"] = enqueued_at
+
+
+def _succeeded_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
+    _, collector, message, state, t1, cpu1, ts = item
+    if state is None:
+        fields = collector._outcome_fields(message, state, t1, cpu1)
+    else:
+        labels = message.labels
+        fields = {
+            "job_id": message.task_id,
+            "task": message.task_name,
+            "attempt": state.attempt,
+            "max_attempts": collector._max_attempts(labels),
+            "duration_ms": round((t1 - state.t0) * 1000.0, 3),
+        }
+        correlation = labels.get(LABEL_CORRELATION)
+        if correlation is not None:
+            fields["correlation_id"] = correlation
+        if cpu1 is not None and state.cpu0 is not None:
+            fields["cpu_ms"] = round((cpu1 - state.cpu0) * 1000.0, 3)
+        _add_optional(fields, collector, labels)
+    fields["ts"] = ts
+    return collector.recorder.identity, _SUCCEEDED, fields
 
 
 class _SizingFormatter:
@@ -236,13 +323,16 @@ class Collector(TaskiqMiddleware):
 
     def pre_send(self, message: Any) -> Any:
         """Stamp enqueue time and correlation id as labels; they reach the worker."""
-        with swallow_errors("taskiq.pre_send"):
+        try:
             labels = message.labels
             if LABEL_ENQUEUED_AT not in labels:
                 labels[LABEL_ENQUEUED_AT] = f"{time.time():.6f}"
             if LABEL_CORRELATION not in labels:
                 current = _current_job.get()
-                labels[LABEL_CORRELATION] = current[1] if current else uuid.uuid4().hex
+                labels[LABEL_CORRELATION] = (
+                    str(current.labels.get(LABEL_CORRELATION) or current.task_id) if current is not None
+                    else new_correlation_id()
+                )
             run = str(labels.get(LABEL_RUN))
             if run in self._running and "_retries" in labels:
                 # A retry middleware is re-sending the running attempt: remember the chosen delay.
@@ -250,78 +340,67 @@ class Collector(TaskiqMiddleware):
             formatter = self.broker.formatter
             if not isinstance(formatter, _SizingFormatter):
                 self.broker.formatter = _SizingFormatter(formatter, self._sizes)
+        except Exception:
+            hook_failed("taskiq.pre_send")
         return message
 
     def post_send(self, message: Any) -> None:
-        """Report the job as enqueued (first send, retry or scheduler fire)."""
-        with swallow_errors("taskiq.post_send"):
-            labels = message.labels
+        """Report the job as enqueued (first send, retry or scheduler fire); built on the emitter's thread."""
+        try:
             task_id = message.task_id
             fire = _firing.get()
             if fire is not None and "job_id" not in fire:
                 fire["job_id"] = task_id
-            self.recorder.emit(
-                EventType.JOB_ENQUEUED,
-                job_id=task_id,
-                task=message.task_name,
-                queue=self._queue(labels),
-                attempt=_int(labels.get("_retries"), 0) + 1,
-                max_attempts=self._max_attempts(labels),
-                enqueued_at=_float(labels.get(LABEL_ENQUEUED_AT)),
-                payload_bytes=self._sizes.pop(task_id, None),
-                correlation_id=labels.get(LABEL_CORRELATION),
-                args_raw=message.args,
-                kwargs_raw=message.kwargs,
-                schedule_id=labels.get("schedule_id"),
-                **trace_fields(),
-            )
+            size = self._sizes.pop(task_id, None)
+            rec = self.recorder
+            if rec.config.enabled:
+                rec.emitter.emit((_enqueued_event, self, message, size, _now(), current_trace()))
+        except Exception:
+            hook_failed("taskiq.post_send")
 
     # --- worker side --------------------------------------------------------------------------
 
     def pre_execute(self, message: Any) -> Any:
-        """Report the attempt as started and start its clocks."""
-        with _GUARD_PRE_EXECUTE:
+        """The attempt starts: snapshot it and start its clocks; job-started is built off this path."""
+        try:
             labels = message.labels
-            task_id = message.task_id
             rec = self.recorder
             rec.inflight += 1
             self._seq = seq = self._seq + 1
-            corr = labels.get(LABEL_CORRELATION) or task_id
-            queue = labels.get("queue_name") or getattr(self.broker, "queue_name", None)
-            state = _Running(
-                _perf(), _process_time(), seq, rec.inflight == 1, _int(labels.get("_retries"), 0) + 1,
-                self._max_attempts(labels), queue, _current_job.set((task_id, str(corr))), corr,
-                _float(labels.get(LABEL_ENQUEUED_AT)),
-            )
+            alone = rec.inflight == 1
+            # CPU time is per process: only attributable to a job that no other overlaps, so the
+            # clock (a system call, ~0.8 µs) is read only then.
+            state = _Running(message, seq, alone, _attempt_of(labels), _perf(), _process_time() if alone else None,
+                             _current_job.set(message))
             running = self._running
             if len(running) >= _MAX_TRACKED:
                 running.clear()
             run = f"{rec.pid}:{seq}"  # labels travel as strings
             labels[LABEL_RUN] = run
             running[run] = state
-            fields = {
-                "job_id": task_id,
-                "task": message.task_name,
-                "queue": queue,
-                "attempt": state.attempt,
-                "max_attempts": state.max_attempts,
-                "enqueued_at": state.enqueued_at,
-                "correlation_id": corr,
-                "args_raw": message.args,  # references: redaction and truncation run on the emitter thread
-                "kwargs_raw": message.kwargs,
-            }
-            trace = trace_fields()
-            if trace:
-                fields.update(trace)
-            self._send(_STARTED, fields)
+            if rec.config.enabled:
+                rec.emitter.emit((_started_event, self, state, _now(), current_trace()))
+        except Exception:
+            hook_failed("taskiq.pre_execute")
         return message
 
-    def _send(self, type: str, fields: dict[str, Any]) -> None:
-        """``Recorder.emit`` for the per-job hooks, which build their fields as one dict: no re-packing."""
-        rec = self.recorder
-        if rec.config.enabled:
-            fields["ts"] = _now()
-            rec.emitter.emit((rec.identity, type, fields))
+    def _outcome_fields(self, message: Any, state: _Running | None, t1: float, cpu1: float | None) -> dict[str, Any]:
+        """The fields of an attempt's outcome event (``cpu1`` only when the job ran alone)."""
+        labels = message.labels
+        fields: dict[str, Any] = {
+            "job_id": message.task_id,
+            "task": message.task_name,
+            "correlation_id": labels.get(LABEL_CORRELATION),
+        }
+        if state is not None:
+            fields["queue"] = self._queue(labels)
+            fields["attempt"] = state.attempt
+            fields["max_attempts"] = self._max_attempts(labels)
+            fields["enqueued_at"] = _float(labels.get(LABEL_ENQUEUED_AT))
+            fields["duration_ms"] = round((t1 - state.t0) * 1000.0, 3)
+            if cpu1 is not None and state.cpu0 is not None:
+                fields["cpu_ms"] = round((cpu1 - state.cpu0) * 1000.0, 3)
+        return fields
 
     def on_error(self, message: Any, result: Any, exception: BaseException) -> None:
         """Keep the real exception: a retry middleware replaces it with NoResultError."""
@@ -332,52 +411,50 @@ class Collector(TaskiqMiddleware):
 
     def post_execute(self, message: Any, result: Any) -> None:
         """Report the attempt's outcome: succeeded, retrying or finally failed."""
-        with _GUARD_POST_EXECUTE:
-            task_id = message.task_id
+        try:
+            t1 = _perf()
             rec = self.recorder
-            run = str(message.labels.get(LABEL_RUN, task_id))
+            run = str(message.labels.get(LABEL_RUN, message.task_id))
             state = self._running.pop(run, None)
             exc = self._errors.pop(run, None)
             retry_delay = self._retry_delays.pop(run, _NO_RETRY)
             rec.inflight = max(0, rec.inflight - 1)
             rec.processed += 1
-            fields: dict[str, Any] = {
-                "job_id": task_id,
-                "task": message.task_name,
-                "correlation_id": message.labels.get(LABEL_CORRELATION),
-            }
+            cpu1 = None
             if state is not None:
-                if state.token is not None:
-                    try:
-                        _current_job.reset(state.token)
-                    except ValueError:  # another context: nothing to undo here
-                        pass
-                fields["queue"] = state.queue
-                fields["attempt"] = state.attempt
-                fields["max_attempts"] = state.max_attempts
-                fields["enqueued_at"] = state.enqueued_at
-                fields["duration_ms"] = round((_perf() - state.t0) * 1000.0, 3)
+                try:
+                    _current_job.reset(state.token)
+                except ValueError:  # another context: nothing to undo here
+                    pass
                 if state.alone and state.seq == self._seq and rec.inflight == 0:
-                    # CPU time is per process: only attributable when no other job overlapped.
-                    fields["cpu_ms"] = round((_process_time() - state.cpu0) * 1000.0, 3)
+                    cpu1 = _process_time()
             error = result.error if result.is_err else None
             if error is None or isinstance(exc, NoResultError):
-                self._send(_SUCCEEDED, fields)
+                if rec.config.enabled:
+                    rec.emitter.emit((_succeeded_event, self, message, state, t1, cpu1, _now()))
                 return
-            rec.failed += 1
-            exc = exc or error
-            retrying = retry_delay is not _NO_RETRY or isinstance(error, NoResultError)
-            fields.update(failure_fields(exc))
-            timeout = _float(message.labels.get("timeout"))
-            if timeout is not None and isinstance(exc, TimeoutError):
-                fields["exc_message"] = f"time limit exceeded: timeout label of {timeout:g} s"
-                fields["time_limit_s"] = timeout
-            fields["final"] = not retrying
-            if retrying:
-                fields["retry_in_s"] = None if retry_delay is _NO_RETRY else retry_delay
-            else:
-                fields["payload"] = self._payload(message, fields.get("queue"))
-            rec.emit(EventType.JOB_FAILED, **fields)
+            self._failed(message, state, t1, cpu1, error, exc, retry_delay)
+        except Exception:
+            hook_failed("taskiq.post_execute")
+
+    def _failed(self, message: Any, state: _Running | None, t1: float, cpu1: float | None, error: BaseException,
+                exc: BaseException | None, retry_delay: Any) -> None:
+        rec = self.recorder
+        rec.failed += 1
+        fields = self._outcome_fields(message, state, t1, cpu1)
+        exc = exc or error
+        retrying = retry_delay is not _NO_RETRY or isinstance(error, NoResultError)
+        fields.update(failure_fields(exc))
+        timeout = _float(message.labels.get("timeout"))
+        if timeout is not None and isinstance(exc, TimeoutError):
+            fields["exc_message"] = f"time limit exceeded: timeout label of {timeout:g} s"
+            fields["time_limit_s"] = timeout
+        fields["final"] = not retrying
+        if retrying:
+            fields["retry_in_s"] = None if retry_delay is _NO_RETRY else retry_delay
+        else:
+            fields["payload"] = self._payload(message, fields.get("queue"))
+        rec.emit(EventType.JOB_FAILED, **fields)
 
     # --- helpers ------------------------------------------------------------------------------
 

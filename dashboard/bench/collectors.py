@@ -4,11 +4,12 @@ Per library, in that library's own virtualenv (:mod:`dashboard.demo.envs`, built
 probes from ``collector_probes/`` are run as scripts:
 
 * in-process: ``jobs`` no-op jobs through the library's real execution path (Celery ``task.apply()``,
-  Dramatiq's worker-thread middleware chain on a StubBroker, Taskiq ``kiq`` + ``wait_result`` on an
-  in-place InMemoryBroker, arq's instrumented coroutine as ``Worker.run_job`` calls it), alternating
+  Dramatiq's worker-thread middleware chain on a StubBroker, Taskiq's worker ``Receiver.callback`` on
+  prebuilt messages, arq's instrumented coroutine as ``Worker.run_job`` calls it), alternating
   runs without and with the collector. The cost per job is the best-of CPU time of the job's own
   thread with minus without, over ``jobs`` (the emitter's background thread is not the job's thread;
-  its work shows in the throughput figure). The wall-clock difference is reported beside it.
+  its work shows in the throughput figure). The wall-clock difference is reported beside it. Where a
+  probe also measures the producer's side (Taskiq: ``kiq()``), that figure is reported apart.
 * throughput: a real worker process (``celery worker -P solo``, ``dramatiq`` 1 process × 1 thread,
   ``taskiq worker`` 1 process, ``arq``) on the local Redis drains a queue filled beforehand; sentinel
   jobs time the steady part (see ``collector_probes/_common.py``). Runs alternate without and with
@@ -116,6 +117,8 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
     out["us_per_job_wall"] = round(inproc["us_per_job_wall"], 2)
     out["us_per_job_baseline"] = round(inproc["us_per_job_without"], 2)
     out["path"] = inproc.get("path")
+    if "producer_us_per_job" in inproc:  # enqueueing: the producer's thread, not the job's
+        out["producer_us_per_job"] = round(inproc["producer_us_per_job"], 2)
     if not args.skip_throughput:
         runs: dict[str, list[float]] = {"without": [], "with": []}
         events = []
@@ -166,6 +169,9 @@ def _table(results: list[dict[str, Any]]) -> str:
     lines.append(f"goals: ≤ {GOAL_US_PER_JOB:g} µs per job on the job's thread, ≤ {GOAL_LOSS_PCT:g} % throughput loss")
     for r in results:
         lines.append(f"  {r['lib']}: {r['path']} (env: {r['env']})")
+        if "producer_us_per_job" in r:
+            lines.append(f"  {r['lib']}: producer side, per enqueue (not the job's thread): "
+                         f"{r['producer_us_per_job']:.2f} µs")
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,3 +207,57 @@ def test_a_hung_redis_never_blocks_the_caller_or_the_exit() -> None:
         assert time.monotonic() - t0 < 1.0  # the exit flush keeps its deadline
     finally:
         server.close()
+
+
+def test_deferred_events_are_expanded_on_the_emitter_thread(stream_name: str) -> None:
+    """``(expand, *state)`` items reach the stream as the event ``expand`` builds, with the sender's identity."""
+    emitter = Emitter(REDIS_URL, stream_name, maxlen=0)
+    identity = ("dramatiq", "shop", "host-1", 42, "host-1:42:abc")
+    threads = []
+
+    def expand(item: tuple) -> tuple:
+        _, job_id, ts = item
+        threads.append(threading.current_thread().name)
+        return identity, "job-started", {"job_id": job_id, "attempt": 1, "ts": ts}
+
+    emitter.emit((expand, "deferred-1", 1700000000.5))
+    emitter.emit((identity, "job-started", {"job_id": "tuple-1", "ts": 1700000001.0}))  # a Recorder's kind
+    assert emitter.flush(10)
+    emitter.close()
+    got = stream_events(stream_name)
+    assert [e["job_id"] for e in got] == ["deferred-1", "tuple-1"]
+    first = got[0]
+    assert (first["lib"], first["app"], first["host"], first["pid"], first["worker"]) == ("dramatiq", "shop", "host-1",
+                                                                                           42, "host-1:42:abc")
+    assert first["ts"] == 1700000000.5 and first["attempt"] == 1 and first["type"] == "job-started"
+    assert threads == ["flowerbed-emitter"]  # built off the caller's thread
+
+
+def test_a_deferred_event_that_fails_to_expand_is_dropped_and_counted(stream_name: str) -> None:
+    emitter = Emitter(REDIS_URL, stream_name, maxlen=0)
+
+    def broken(item: tuple) -> tuple:
+        raise RuntimeError("bug in an adapter")
+
+    emitter.emit((broken,))
+    emitter.emit(job_event(1))
+    assert emitter.flush(10)
+    emitter.close()
+    assert [e["job_id"] for e in stream_events(stream_name)] == ["job-1"]
+    assert emitter.dropped == 1 and emitter.sent == 1
+
+
+def test_an_error_reply_is_a_send_error_and_the_batch_is_retried(stream_name: str) -> None:
+    """Replies are read in bulk off the socket: an error reply (here WRONGTYPE) must still fail the batch."""
+    client = redis.Redis.from_url(REDIS_URL)
+    client.set(stream_name, "not a stream")
+    emitter = Emitter(REDIS_URL, stream_name, maxlen=0, max_backoff=0.1)
+    for i in range(5):
+        emitter.emit(job_event(i))
+    assert not emitter.flush(0.5)
+    assert emitter.send_errors >= 1 and "WRONGTYPE" in (emitter.last_error or "") and emitter.sent == 0
+    client.delete(stream_name)
+    assert emitter.flush(10), emitter.stats()
+    emitter.close()
+    client.close()
+    assert [e["job_id"] for e in stream_events(stream_name)] == [f"job-{i}" for i in range(5)]

@@ -105,3 +105,18 @@ def test_invalid_entries_are_rejected_with_a_reason(raw: bytes, reason: str) -> 
 def test_unknown_types_are_valid() -> None:
     ev = {"v": 1, "id": "x", "type": "job-progress", "ts": 1.5, "lib": "arq", "app": "a", "pct": 50}
     assert validate(ev) is ev
+
+
+def test_complete_fills_the_given_dict_like_build() -> None:
+    fields = {"job_id": "j1", "attempt": 2, "ts": 1700000000.25}
+    event = events.complete(fields, EventType.JOB_SUCCEEDED, "taskiq", "shop")
+    assert event is fields  # in place: no copy
+    built = build(EventType.JOB_SUCCEEDED, "taskiq", "shop", job_id="j1", attempt=2, ts=1700000000.25)
+    assert {k: v for k, v in event.items() if k != "id"} == {k: v for k, v in built.items() if k != "id"}
+    assert roundtrip(event)["ts"] == 1700000000.25
+
+
+def test_events_without_none_values_encode_the_same_as_with_them() -> None:
+    plain = build("job-succeeded", "arq", "a", job_id="1", attempt=1, ts=1.5)
+    with_none = dict(plain, result=None, eta=None)
+    assert encode(dict(plain), Redactor()) == encode(with_none, Redactor())

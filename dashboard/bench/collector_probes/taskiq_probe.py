@@ -1,8 +1,15 @@
-"""Taskiq probe: ``kiq()`` + ``wait_result()`` on an in-place InMemoryBroker, and ``taskiq worker`` on Redis.
+"""Taskiq probe: a worker's ``Receiver.callback`` on prebuilt messages, and ``taskiq worker`` on Redis.
 
 Also the worker's broker module (``taskiq worker taskiq_probe:broker``), named from ``FB_BENCH_PREFIX``.
-The in-process path runs every middleware hook: pre_send, post_send (job-enqueued), pre_execute
-(job-started) and post_execute (job-succeeded).
+
+The in-process figure is the job's own path in a worker: ``Receiver.callback`` (what ``taskiq worker``
+runs, as a task per message) on message bytes built beforehand, so it runs exactly the worker-side
+hooks: pre_execute (job-started) and post_execute (job-succeeded). The messages carry the labels an
+instrumented producer stamps (enqueue time, correlation id), in both modes, so both parse the same bytes.
+
+Enqueueing is not the job's path, so it is measured apart and reported as ``producer_us_per_job``:
+``kiq()`` on a broker whose ``kick`` sends nothing, i.e. pre_send (labels), the broker's formatter
+(which the collector wraps to note the size) and post_send (job-enqueued).
 """
 
 from __future__ import annotations
@@ -71,29 +78,71 @@ def _build(pre: str, env: dict[str, str], jobs: int, warmup: int) -> tuple[list[
     return cmd, lambda: app_module._fill(jobs, warmup)
 
 
+class _SendOnly(InMemoryBroker):
+    """A broker whose ``kick`` sends nothing: what is left of ``kiq()`` is the producer's own path."""
+
+    async def kick(self, message: Any) -> None:
+        return None
+
+
+async def _noop_job(i: int) -> None:
+    return None
+
+
+def _messages(broker: Any, task: Any, n: int) -> list[bytes]:
+    """``n`` serialised messages as an instrumented producer sends them (its labels included)."""
+    import time
+
+    from collectors.taskiq import LABEL_CORRELATION, LABEL_ENQUEUED_AT
+
+    out = []
+    for i in range(n):
+        message = task.kicker()._prepare_message(i)
+        message.labels[LABEL_ENQUEUED_AT] = f"{time.time():.6f}"
+        message.labels[LABEL_CORRELATION] = os.urandom(16).hex()
+        out.append(broker.formatter.dumps(message).message)
+    return out
+
+
 def inproc(jobs: int, repeat: int, profile: bool) -> None:
     import collectors.taskiq
 
-    plain = InMemoryBroker(await_inplace=True)
-    instrumented = InMemoryBroker(await_inplace=True).with_middlewares(collectors.taskiq.Collector())
-
-    async def _noop(i: int) -> None:
-        return None
-
-    tasks = {
-        "without": plain.register_task(_noop, task_name="noop"),
-        "with": instrumented.register_task(_noop, task_name="noop"),
-    }
     loop = asyncio.new_event_loop()
-    loop.run_until_complete(plain.startup())
-    loop.run_until_complete(instrumented.startup())
+    asyncio.set_event_loop(loop)
+    brokers = {
+        "without": InMemoryBroker(),
+        "with": InMemoryBroker().with_middlewares(collectors.taskiq.Collector()),
+    }
+    producers = {
+        "without": _SendOnly(),
+        "with": _SendOnly().with_middlewares(collectors.taskiq.Collector()),
+    }
+    tasks = {name: b.register_task(_noop_job, task_name="noop") for name, b in brokers.items()}
+    kicks = {name: b.register_task(_noop_job, task_name="noop") for name, b in producers.items()}
+    for b in (*brokers.values(), *producers.values()):
+        loop.run_until_complete(b.startup())
 
-    def runner(name: str) -> Any:
-        task = tasks[name]
+    def worker_run(name: str) -> Any:
+        broker, task = brokers[name], tasks[name]
+        callback = broker.receiver.callback
+
+        async def many(messages: list[bytes]) -> None:
+            for data in messages:  # as the worker's runner does: a task per message
+                await loop.create_task(callback(message=data, raise_err=False))
+
+        def run(n: int) -> tuple[float, float]:
+            messages = _messages(broker, task, n)
+            drain_emitters()
+            return clocked(lambda: loop.run_until_complete(many(messages)))
+
+        return run
+
+    def producer_run(name: str) -> Any:
+        task = kicks[name]
 
         async def many(n: int) -> None:
             for i in range(n):
-                await (await task.kiq(i)).wait_result()
+                await task.kiq(i)
 
         def run(n: int) -> tuple[float, float]:
             drain_emitters()
@@ -103,14 +152,19 @@ def inproc(jobs: int, repeat: int, profile: bool) -> None:
 
     try:
         if profile:
-            run_profiled(lambda: runner("with")(jobs))
+            body = producer_run("with") if os.environ.get("FB_PRODUCER") else worker_run("with")
+            run_profiled(lambda: body(jobs))
             return
-        result = interleaved({"without": runner("without"), "with": runner("with")}, jobs, repeat)
-        result["path"] = "InMemoryBroker(await_inplace) kiq + wait_result: pre_send, post_send, pre_execute, post_execute"
+        result = interleaved({"without": worker_run("without"), "with": worker_run("with")}, jobs, repeat)
+        producer = interleaved({"without": producer_run("without"), "with": producer_run("with")}, jobs, repeat)
+        result["producer"] = producer
+        result["producer_us_per_job"] = producer["us_per_job"]
+        result["path"] = ("Receiver.callback on prebuilt messages, a task each (the worker's path): pre_execute, "
+                          "post_execute; producer apart: kiq() with a no-op kick (pre_send, formatter, post_send)")
         output(result)
     finally:
-        loop.run_until_complete(instrumented.shutdown())
-        loop.run_until_complete(plain.shutdown())
+        for b in (*brokers.values(), *producers.values()):
+            loop.run_until_complete(b.shutdown())
         loop.close()
 
 
