@@ -32,8 +32,8 @@ class Batch:
 
     #: Stream ids to XACK once the batch is committed.
     ids: list[bytes] = field(default_factory=list)
-    #: Job events per (lib, app, job_id), each as (event-id hash, event, raw JSON), in stream order.
-    jobs: dict[JobKey, list[tuple[int, dict[str, Any], bytes]]] = field(default_factory=dict)
+    #: Job events per (lib, app, job_id), each as (event-id hash, event), in stream order.
+    jobs: dict[JobKey, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
     #: Worker, schedule and scheduler events.
     others: list[dict[str, Any]] = field(default_factory=list)
     #: quarantine rows: (stream id, received at, reason, raw text, raw bytes).
@@ -82,7 +82,7 @@ class Batch:
             job_id = event.get("job_id")
             if type(job_id) is str and (etype in JOB_TYPES or etype not in _OTHER_TYPES):
                 key = (event["lib"], event["app"], job_id)
-                item = (event_key(event["id"]), event, raw)
+                item = (event_key(event["id"]), event)
                 group = groups.get(key)
                 if group is None:
                     groups[key] = [item]

@@ -79,7 +79,7 @@ class _Result:
         self.fresh = 0
 
 
-def _apply_jobs(conn: Connection, groups: Mapping[JobKey, list[tuple[int, dict[str, Any], bytes]]],
+def _apply_jobs(conn: Connection, groups: Mapping[JobKey, list[tuple[int, dict[str, Any]]]],
                 rollups: Rollups, res: _Result) -> None:
     todo = dict(groups)
     while todo:
@@ -102,7 +102,7 @@ def _apply_jobs(conn: Connection, groups: Mapping[JobKey, list[tuple[int, dict[s
         ids = [r[0] for r in conn.execute(text("SELECT nextval('jobs_id_seq') FROM generate_series(1, :n)"),
                                           {"n": len(new_keys)})] if new_keys else []
         inserts, updates, events = [], [], []
-        retry: dict[JobKey, list[tuple[int, dict[str, Any], bytes]]] = {}
+        retry: dict[JobKey, list[tuple[int, dict[str, Any]]]] = {}
         for key, items in todo.items():
             row = stored.get(key)
             have = seen[row[ID]] if row is not None else set()
@@ -119,7 +119,7 @@ def _apply_jobs(conn: Connection, groups: Mapping[JobKey, list[tuple[int, dict[s
                 inserts.append((key, row, fresh))
             else:
                 updates.append((key, row, fresh))
-            for eid, event, _raw in fresh:
+            for eid, event in fresh:
                 merge_into(row, eid, event)
         if inserts:
             params = [dict(zip(COLUMNS, row)) for _k, row, _f in inserts]
@@ -132,7 +132,7 @@ def _apply_jobs(conn: Connection, groups: Mapping[JobKey, list[tuple[int, dict[s
             conn.execute(_UPDATE, [{"_id": row[ID], **dict(zip(COLUMNS[1:], row[1:]))} for _k, row, _f in updates])
         for _key, row, fresh in inserts + updates:
             task = row[TASK] or ""
-            for eid, event, _raw in fresh:
+            for eid, event in fresh:
                 events.append(dict(zip(timeline.COLUMNS, timeline.event_row(row[ID], eid, event))))
                 outcome = rollup_outcome(row, event)
                 if outcome is not None:

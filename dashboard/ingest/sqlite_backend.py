@@ -159,7 +159,7 @@ class SqliteBackend:
             lib, app, job_id = key
             row = new_row(lib, app, job_id, items[0][1]["ts"], job_key(lib, app, job_id))
             flat: list[Any] = [row]
-            for eid, event, _raw in items:
+            for eid, event in items:
                 merge_into(row, eid, event)
                 flat.extend(compact_values(eid, event))
                 flat.append(rollup_spec(event))
