@@ -258,11 +258,17 @@ class CeleryCollector:
         self.recorder.emit(type, **fields)
 
     def _event(self, type: str, fields: dict[str, Any], ts: float) -> tuple[Any, str, dict[str, Any]]:
-        """A deferred event's (identity, type, fields), as :meth:`_emit` would have queued it."""
-        if self._node is not None:
-            fields.setdefault("worker", self._node)
+        """A deferred event's (identity, type, fields), as :meth:`_emit` would have queued it.
+
+        The node's worker id goes into the identity, not the fields: the emitter then serialises the
+        identity once per sender and type (see ``Emitter._encode``) instead of with every event.
+        """
         fields["ts"] = ts
-        return self.recorder.identity, type, fields
+        identity = self.recorder.identity
+        node = self._node
+        if node is not None and node != identity[4]:
+            identity = (*identity[:4], node)
+        return identity, type, fields
 
     def _defer(self, item: tuple[Any, ...]) -> None:
         """Queue a deferred event (see Emitter): the job's thread only snapshots."""

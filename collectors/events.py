@@ -2,8 +2,9 @@
 
 One stream entry holds one event: a JSON object under the field ``e``. This module is the only
 definition of that object. Collectors build events with :func:`build` (cheap enough for a job's own
-thread); the emitter's background thread turns them into bytes with :func:`encode`, which is where
-argument previews are redacted and truncated; the dashboard checks every entry it reads with
+thread); the emitter's background thread turns them into bytes with :func:`encode` (or, for a queued
+sender's event, :func:`encode_with_tail`, which appends the sender's pre-serialised identity), which is
+where argument previews are redacted and truncated; the dashboard checks every entry it reads with
 :func:`decode` / :func:`validate` and quarantines what fails.
 
 Errors::
@@ -46,6 +47,9 @@ __all__ = [
     "complete",
     "new_event_id",
     "encode",
+    "encode_with_tail",
+    "identity_tail",
+    "RESERVED",
     "decode",
     "validate",
     "preview",
@@ -296,6 +300,8 @@ class Redactor:
             return value
         if depth > 6:
             return "…"
+        if kind is list or kind is tuple:  # the common case, before the slower ABC checks below
+            return [v if type(v) in _PLAIN else self.scrub(v, depth + 1) for v in itertools.islice(value, 50)]
         if isinstance(value, Mapping):
             return {
                 str(k): (REDACTED if self.is_secret(k) else self.scrub(v, depth + 1))
@@ -352,19 +358,24 @@ def cap_payload(payload: Mapping[str, Any], limit: int = DEFAULT_PAYLOAD_LIMIT) 
     return {"truncated": True, "bytes": len(data), "limit": limit}
 
 
-def encode(event: dict[str, Any], redactor: Redactor) -> bytes | None:
-    """Serialise an event for the stream; ``None`` if it cannot be made to fit the size limit."""
+def _prepared(event: dict[str, Any], redactor: Redactor | None) -> dict[str, Any]:
+    """The event as it is serialised: the argument preview made, the payload capped, ``None`` values left out."""
     if "args_raw" in event or "kwargs_raw" in event:
         raw_args = event.pop("args_raw", None)
         raw_kwargs = event.pop("kwargs_raw", None)
-        if (raw_args or raw_kwargs) and "args" not in event:
+        if (raw_args or raw_kwargs) and "args" not in event and redactor is not None:
             event["args"] = preview(raw_args, raw_kwargs, redactor)
     payload = event.get("payload")
     if payload is not None and redactor is not None:
         if isinstance(payload, Mapping) and not payload.get("truncated"):
             event["payload"] = cap_payload(payload)
     # Most events have no None left: testing for one is a C loop, the filtering copy is not.
-    clean = {k: v for k, v in event.items() if v is not None} if None in event.values() else event
+    return {k: v for k, v in event.items() if v is not None} if None in event.values() else event
+
+
+def encode(event: dict[str, Any], redactor: Redactor) -> bytes | None:
+    """Serialise an event for the stream; ``None`` if it cannot be made to fit the size limit."""
+    clean = _prepared(event, redactor)
     data = _dumps_bytes(clean)
     if len(data) <= MAX_EVENT_BYTES:
         return data
@@ -374,6 +385,38 @@ def encode(event: dict[str, Any], redactor: Redactor) -> bytes | None:
     clean["oversize"] = len(data)
     data = _dumps_bytes(clean)
     return data if len(data) <= MAX_EVENT_BYTES else None
+
+
+#: Fields a sender's identity and :func:`complete` fill in: a queued event that sets none of them can be
+#: serialised as its own fields followed by its sender's constant :func:`identity_tail`.
+RESERVED: Final = frozenset({"v", "id", "type", "lib", "app", "host", "pid", "worker"})
+
+
+def identity_tail(type: str, lib: str, app: str, host: str, pid: int, worker: str) -> bytes:
+    """The constant end of every event of one type from one sender: its JSON members from ``"type"`` on,
+    closing brace included.
+
+    Serialised once per sender and type, so the emitter's thread encodes only what changes per event
+    (see :func:`encode_with_tail`).
+    """
+    members = {"type": type, "v": PROTOCOL_VERSION, "lib": lib, "app": app, "host": host, "pid": pid,
+               "worker": worker}
+    return _dumps_bytes(members)[1:]
+
+
+def encode_with_tail(fields: dict[str, Any], tail: bytes, redactor: Redactor) -> bytes | None:
+    """:func:`encode` for fields that set nothing in :data:`RESERVED`: their JSON, an event id, then ``tail``.
+
+    ``None`` when the event would exceed the size limit: the caller then takes the :func:`encode` path,
+    which drops its bulky parts.
+    """
+    fields["id"] = new_event_id()
+    if "ts" not in fields:
+        fields["ts"] = time.time()
+    body = _dumps_bytes(_prepared(fields, redactor))
+    if len(body) + len(tail) > MAX_EVENT_BYTES:
+        return None
+    return body[:-1] + b"," + tail
 
 
 # --- validation (runs in the dashboard's ingest, once per entry) -------------------------------

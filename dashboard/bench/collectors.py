@@ -14,7 +14,12 @@ probes from ``collector_probes/`` are run as scripts:
   ``taskiq worker`` 1 process, ``arq``) on the local Redis drains a queue filled beforehand; sentinel
   jobs time the steady part (see ``collector_probes/_common.py``). Runs alternate without and with
   the collector; the best of each gives jobs/s and the loss. Each run has its own queue, keys and
-  event stream, deleted afterwards.
+  event stream, deleted afterwards. Between the sentinels the worker's CPU time (every thread of its
+  process tree, from /proc schedstat) and Redis's (``INFO cpu``) are sampled too, to say where a loss
+  comes from: CPU per job with minus without is what the collector costs the worker in total (hooks and
+  emitter thread), ``cpu_loss_pct`` its share (the throughput a CPU-bound worker loses), and Redis's
+  added CPU is its side of the XADDs. On 2 vCPUs that are hyperthreads of one core these move about
+  ±10 % from run to run too: a CPU second buys less work while the sibling is busy.
 
 The machine's 1-minute load average is printed with the figures: on a shared machine, read them with it.
 """
@@ -121,6 +126,8 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
         out["producer_us_per_job"] = round(inproc["producer_us_per_job"], 2)
     if not args.skip_throughput:
         runs: dict[str, list[float]] = {"without": [], "with": []}
+        cpu: dict[str, list[float]] = {"without": [], "with": []}
+        redis_cpu: dict[str, list[float]] = {"without": [], "with": []}
         events = []
         for i in range(args.repeat):
             for mode, flag in (("without", "0"), ("with", "1")):
@@ -129,6 +136,10 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
                 r = _probe(python, lib, ["throughput", "--jobs", str(args.jobs), "--collector", flag],
                            args.redis_url, timeout=900)
                 runs[mode].append(r["jobs_per_s"])
+                if "cpu_us_per_job" in r:
+                    cpu[mode].append(r["cpu_us_per_job"])
+                if "redis_cpu_us_per_job" in r:
+                    redis_cpu[mode].append(r["redis_cpu_us_per_job"])
                 if "events" in r:
                     events.append(r["events"])
         best_without, best_with = max(runs["without"]), max(runs["with"])
@@ -136,6 +147,16 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
         out["jobs_per_s_without"] = round(best_without, 1)
         out["jobs_per_s_with"] = round(best_with, 1)
         out["loss_pct"] = round((best_without - best_with) / best_without * 100.0, 2)
+        if cpu["without"] and cpu["with"]:
+            # CPU per job of the worker's whole process tree, best-of: what the collector adds in total
+            # (hooks and emitter thread), and as a share of the worker's (its throughput loss when CPU-bound).
+            base_cpu, with_cpu = min(cpu["without"]), min(cpu["with"])
+            out["throughput"].update(cpu_us_per_job=cpu, redis_cpu_us_per_job=redis_cpu)
+            out["worker_cpu_us_per_job_without"] = round(base_cpu, 2)
+            out["worker_cpu_us_per_job_with"] = round(with_cpu, 2)
+            out["cpu_loss_pct"] = round((with_cpu - base_cpu) / with_cpu * 100.0, 2)
+        if redis_cpu["without"] and redis_cpu["with"]:
+            out["redis_cpu_us_per_job_added"] = round(min(redis_cpu["with"]) - min(redis_cpu["without"]), 2)
     out["load_avg"] = [round(load0, 2), round(_load(), 2)]
     return out
 
@@ -167,6 +188,11 @@ def _table(results: list[dict[str, Any]]) -> str:
             f"  {r['load_avg'][0]:.2f}→{r['load_avg'][1]:.2f}"
         )
     lines.append(f"goals: ≤ {GOAL_US_PER_JOB:g} µs per job on the job's thread, ≤ {GOAL_LOSS_PCT:g} % throughput loss")
+    for r in results:
+        if "cpu_loss_pct" in r:
+            lines.append(f"  {r['lib']}: worker CPU per job (all threads) {r['worker_cpu_us_per_job_without']:.1f} → "
+                         f"{r['worker_cpu_us_per_job_with']:.1f} µs, loss when CPU-bound {r['cpu_loss_pct']:.2f} %; "
+                         f"Redis CPU added per job {r.get('redis_cpu_us_per_job_added', float('nan')):.1f} µs")
     for r in results:
         lines.append(f"  {r['lib']}: {r['path']} (env: {r['env']})")
         if "producer_us_per_job" in r:

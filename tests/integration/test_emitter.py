@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from collectors.constants import MAX_EVENT_BYTES
 from collectors.emitter import Emitter
 from collectors.events import build, decode
 from tests.conftest import REDIS_URL, free_port
@@ -261,3 +262,27 @@ def test_an_error_reply_is_a_send_error_and_the_batch_is_retried(stream_name: st
     emitter.close()
     client.close()
     assert [e["job_id"] for e in stream_events(stream_name)] == [f"job-{i}" for i in range(5)]
+
+
+def test_identity_fields_an_event_sets_win_and_oversize_events_shrink(stream_name: str) -> None:
+    """Events that set identity fields themselves, or are too big, skip the pre-serialised identity."""
+    emitter = Emitter(REDIS_URL, stream_name, maxlen=0)
+    identity = ("celery", "shop", "host-1", 42, "host-1:42:abc")
+    emitter.emit((identity, "worker-heartbeat", {"worker": "node-1", "inflight": 0, "ts": 1.5}))
+    emitter.emit((identity, "job-failed", {"job_id": "big", "ts": 2.0, "traceback": "x" * MAX_EVENT_BYTES}))
+    assert emitter.flush(10)
+    emitter.close()
+    beat, big = stream_events(stream_name)
+    assert beat["worker"] == "node-1" and beat["host"] == "host-1" and beat["type"] == "worker-heartbeat"
+    assert big["job_id"] == "big" and "traceback" not in big and big["oversize"] > MAX_EVENT_BYTES
+    assert big["lib"] == "celery" and big["type"] == "job-failed"
+
+
+def test_a_redis_py_without_the_raw_path_falls_back_to_its_pipeline(stream_name: str) -> None:
+    emitter = Emitter(REDIS_URL, stream_name, maxlen=100)
+    emitter._raw_ok = False
+    for i in range(50):
+        emitter.emit(job_event(i))
+    assert emitter.flush(10)
+    emitter.close()
+    assert [e["job_id"] for e in stream_events(stream_name)] == [f"job-{i}" for i in range(50)]

@@ -120,3 +120,22 @@ def test_events_without_none_values_encode_the_same_as_with_them() -> None:
     plain = build("job-succeeded", "arq", "a", job_id="1", attempt=1, ts=1.5)
     with_none = dict(plain, result=None, eta=None)
     assert encode(dict(plain), Redactor()) == encode(with_none, Redactor())
+
+
+def test_an_event_encoded_with_its_identity_tail_equals_the_built_one() -> None:
+    """The emitter's fast path (fields + pre-serialised identity) gives the same event as build + encode."""
+    identity = ("celery", "shop", "host-1", 42, "host-1:42:abc")
+    fields = {"job_id": "j1", "task": "send", "attempt": 1, "ts": 1700000000.25, "queue": None,
+              "args_raw": (1, "x"), "kwargs_raw": {"password": "hunter2"}}
+    tail = events.identity_tail("job-started", *identity)
+    fast = decode(events.encode_with_tail(dict(fields), tail, Redactor()))
+    lib, app, host, pid, worker = identity
+    slow = roundtrip(build("job-started", lib, app, host=host, pid=pid, worker=worker, **fields))
+    assert fast.pop("id") != slow.pop("id")
+    assert fast == slow and "queue" not in fast and REDACTED in fast["args"]
+
+
+def test_an_event_too_big_for_its_tail_is_left_to_encode() -> None:
+    tail = events.identity_tail("job-failed", "arq", "a", "h", 1, "w")
+    big = {"job_id": "j", "ts": 1.0, "traceback": "x" * MAX_EVENT_BYTES}
+    assert events.encode_with_tail(big, tail, Redactor()) is None

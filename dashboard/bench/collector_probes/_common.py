@@ -134,23 +134,65 @@ def run_worker(cmd: list[str], env: dict[str, str], fill: Callable[[], None], jo
     try:
         deadline = time.monotonic() + timeout
         start = end = None
+        cpu0 = cpu1 = redis0 = redis1 = None
         while time.monotonic() < deadline:
-            start = client.get(f"{pre}:mark:start")
+            if start is None:
+                start = client.get(f"{pre}:mark:start")
+                if start is not None:
+                    cpu0, redis0 = tree_cpu_ns(proc.pid), redis_cpu_s(client)
             end = client.get(f"{pre}:mark:end")
             if end is not None:
+                cpu1, redis1 = tree_cpu_ns(proc.pid), redis_cpu_s(client)
                 break
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited early ({proc.returncode}): {tail()}")
-            time.sleep(0.02)
+            time.sleep(0.005)
         if start is None or end is None:
             stop(proc)
             raise RuntimeError(f"worker did not finish {jobs} jobs within {timeout:.0f} s: {tail()}")
         elapsed = float(end) - float(start)
-        return {"jobs": jobs, "seconds": elapsed, "jobs_per_s": jobs / elapsed}
+        result = {"jobs": jobs, "seconds": elapsed, "jobs_per_s": jobs / elapsed}
+        if cpu0 is not None and cpu1 is not None:
+            # The worker's CPU (every thread of its process tree) between the sentinels, per job: with the
+            # collector, its whole cost (hooks and emitter thread) is in it.
+            result["cpu_us_per_job"] = (cpu1 - cpu0) / 1e3 / jobs
+        if redis0 is not None and redis1 is not None:
+            result["redis_cpu_us_per_job"] = (redis1 - redis0) * 1e6 / jobs
+        return result
     finally:
         stop(proc)
         errfile.close()
         client.close()
+
+
+def tree_cpu_ns(pid: int) -> int | None:
+    """CPU time (ns) used so far by every thread of a process and its descendants (Linux schedstat)."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            tids = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{current}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+                with open(f"/proc/{current}/task/{tid}/children") as f:
+                    pending.extend(int(child) for child in f.read().split())
+            except (OSError, ValueError, IndexError):
+                continue  # a thread that ended meanwhile
+    return total or None
+
+
+def redis_cpu_s(client: Any) -> float | None:
+    """CPU seconds the Redis server has used (``INFO cpu``): its side of every XADD and job fetch."""
+    try:
+        info = client.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+    except Exception:
+        return None
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
