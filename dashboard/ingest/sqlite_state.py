@@ -14,7 +14,6 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from dashboard.store.keys import job_key
 from dashboard.store.tables import job_events, jobs
 
 from .batch import JobKey
@@ -90,7 +89,8 @@ class JobCache:
         merge rule is idempotent, so the partial row is merged whole.
         """
         lru = self.lru
-        missing = [key for key in groups if key not in lru]
+        # Each partial row carries its job's ``jk``, hashed on the reading side: no second hash here.
+        missing = {items[0][JK]: key for key, items in groups.items() if key not in lru}
         if missing:
             self._load(missing)
         add = out.rollups.add
@@ -160,9 +160,11 @@ class JobCache:
         for key in keys:
             self.lru.pop(key, None)
 
-    def _load(self, keys: list[JobKey]) -> None:
-        """Bring stored jobs that are not cached (evicted, or from before a restart) into the LRU."""
-        wanted = {job_key(*k): k for k in keys}
+    def _load(self, wanted: dict[int, JobKey]) -> None:
+        """Bring stored jobs that are not cached (evicted, or from before a restart) into the LRU.
+
+        ``wanted`` maps each job's ``jk`` to its natural key (a hash collision is told apart there).
+        """
         hashes = list(wanted)
         loaded: dict[int, list[Any]] = {}
         for i in range(0, len(hashes), _CHUNK):
