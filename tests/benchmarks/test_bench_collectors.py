@@ -27,8 +27,9 @@ def test_bench_collectors_reports_celery() -> None:
     for field in ("us_per_job_baseline", "jobs_per_s_without", "jobs_per_s_with"):
         assert result[field] > 0, field
     # The collector's cost and the loss are differences: on a busy machine either may come out <= 0.
-    for field in ("us_per_job", "us_per_job_wall", "loss_pct"):
+    for field in ("us_per_job", "us_per_job_wall", "loss_pct", "loss_pct_median"):
         assert isinstance(result[field], (int, float)), field
+    assert len(result["loss_pct_pairs"]) == 3  # one loss per alternation (the default --repeat)
     assert result["throughput"]["events_per_run"] and min(result["throughput"]["events_per_run"]) >= 2 * 200
     assert report["goals"] == {"us_per_job": 5.0, "loss_pct": 2.0}
     assert len(report["load_avg"]) == 3
