@@ -159,8 +159,9 @@ def _bare(message: Any) -> Any:
 # --- events completed on the emitter's thread (see Emitter: deferred events) ----------------------
 
 
-def _started_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
-    _, rec, broker, run, ts, trace = item
+def _attempt_fields(broker: Any, run: _Attempt, ts: float) -> dict[str, Any]:
+    """What both deferred events of an attempt carry; ``max_attempts`` only when set (an event
+    without None values is encoded without a filtering copy)."""
     message = run.message
     message_id = message.message_id
     fields = {
@@ -168,16 +169,22 @@ def _started_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
         "task": message.actor_name,
         "queue": q_name(message.queue_name),
         "attempt": run.attempt,
-        "enqueued_at": message.message_timestamp / 1000.0,
-        "args_raw": message.args,
-        "kwargs_raw": message.kwargs,
         "correlation_id": message.options.get(OPTION_CORRELATION) or message_id,
         "ts": ts,
     }
-    # Optional fields only when set: an event without None values is encoded without a filtering copy.
     max_attempts = _max_attempts(broker, message)
     if max_attempts is not None:
         fields["max_attempts"] = max_attempts
+    return fields
+
+
+def _started_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
+    _, rec, broker, run, ts, trace = item
+    message = run.message
+    fields = _attempt_fields(broker, run, ts)
+    fields["enqueued_at"] = message.message_timestamp / 1000.0
+    fields["args_raw"] = message.args
+    fields["kwargs_raw"] = message.kwargs
     schedule, slot = _schedule_of(message)
     if schedule is not None:
         fields["schedule"] = schedule
@@ -189,21 +196,9 @@ def _started_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
 
 def _succeeded_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
     _, rec, broker, run, ts = item
-    message = run.message
-    message_id = message.message_id
-    fields = {
-        "job_id": message_id,
-        "task": message.actor_name,
-        "queue": q_name(message.queue_name),
-        "attempt": run.attempt,
-        "duration_ms": round((run.t1 - run.t0) * 1000.0, 3),
-        "cpu_ms": round((run.cpu1 - run.cpu0) * 1000.0, 3),
-        "correlation_id": message.options.get(OPTION_CORRELATION) or message_id,
-        "ts": ts,
-    }
-    max_attempts = _max_attempts(broker, message)
-    if max_attempts is not None:
-        fields["max_attempts"] = max_attempts
+    fields = _attempt_fields(broker, run, ts)
+    fields["duration_ms"] = round((run.t1 - run.t0) * 1000.0, 3)
+    fields["cpu_ms"] = round((run.cpu1 - run.cpu0) * 1000.0, 3)
     if run.result is not None:
         fields["result"] = run.result
     return rec.identity, EventType.JOB_SUCCEEDED, fields
