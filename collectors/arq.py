@@ -70,6 +70,7 @@ from typing import Any, Callable
 
 from .config import CollectorConfig
 from .constants import HEARTBEAT_INTERVAL_S
+from .emitter import coalesced
 from .events import EventType, cap_text
 from .runtime import (
     Heartbeat,
@@ -595,8 +596,8 @@ class _WorkerState:
                        get("enqueue_time"), get("score"))
             rec = self.recorder
             rec.inflight += 1  # one event loop, one thread: no lock
-            if rec.config.enabled:
-                rec.emitter.emit((_started_event, self, run, _now(), current_trace()))
+            if rec.config.enabled:  # held: a job that ends before the next send costs one event
+                rec.emitter.begin(run, (_started_event, self, run, _now(), current_trace()))
             return run
         except Exception:
             hook_failed("arq job start")
@@ -629,7 +630,9 @@ class _WorkerState:
             self._count(True)
             rec = self.recorder
             if rec.config.enabled:
-                rec.emitter.emit((_succeeded_event, self, run, t1, preview, _now()))
+                item = (_succeeded_event, self, run, t1, preview, _now())
+                start = rec.emitter.settle(run)
+                rec.emitter.emit(item if start is None else (coalesced, start, item))
         except Exception:
             hook_failed("arq job end")
 
@@ -638,6 +641,7 @@ class _WorkerState:
         if run is None:
             return
         with swallow_errors("arq job end"):
+            self.recorder.emitter.release(run)  # a failure is sent as two events, as it always was
             arq_worker = _import_arq()
             w = self.worker
             if isinstance(exc, arq_worker.Retry) and w.retry_jobs:

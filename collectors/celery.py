@@ -31,8 +31,10 @@ except ImportError as exc:  # pragma: no cover - depends on the user's environme
     ) from exc
 
 from .config import CollectorConfig
+from .emitter import coalesced
 from .events import EventType
 from .runtime import (
+    CpuSampler,
     Heartbeat,
     Recorder,
     current_trace,
@@ -107,7 +109,7 @@ class _Running:
     __slots__ = ("task", "job_id", "req", "attempt", "args", "kwargs", "t0", "cpu0")
 
     def __init__(self, task: Any, job_id: Any, req: Any, attempt: int, args: Any, kwargs: Any, t0: float,
-                 cpu0: float) -> None:
+                 cpu0: float | None) -> None:
         self.task = task
         self.job_id = job_id
         self.req = req
@@ -134,8 +136,9 @@ class _Running:
         max_retries = getattr(self.task, "max_retries", None)
         return None if max_retries is None else int(max_retries) + 1
 
-    def fields(self, task: Any, t1: float, cpu1: float) -> dict[str, Any]:
+    def fields(self, task: Any, t1: float, cpu1: float | None) -> dict[str, Any]:
         """The identity and timings of the attempt, for its outcome's event."""
+        cpu0 = self.cpu0
         return {
             "job_id": self.job_id,
             "task": getattr(task, "name", None),
@@ -145,7 +148,7 @@ class _Running:
             "enqueued_at": self.enqueued_at,
             "correlation_id": self.corr,
             "duration_ms": round((t1 - self.t0) * 1000.0, 3),
-            "cpu_ms": round((cpu1 - self.cpu0) * 1000.0, 3),
+            "cpu_ms": None if cpu0 is None or cpu1 is None else round((cpu1 - cpu0) * 1000.0, 3),
         }
 
 
@@ -187,14 +190,18 @@ def _started_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
 
 def _succeeded_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
     _, collector, state, task, t1, cpu1, ts = item
+    name = getattr(task, "name", None)
+    duration = t1 - state.t0
     fields = {
         "job_id": state.job_id,
-        "task": getattr(task, "name", None),
+        "task": name,
         "attempt": state.attempt,
         "correlation_id": state.corr,
-        "duration_ms": round((t1 - state.t0) * 1000.0, 3),
-        "cpu_ms": round((cpu1 - state.cpu0) * 1000.0, 3),
+        "duration_ms": round(duration * 1000.0, 3),
     }
+    collector._cpu.learn(name, duration)
+    if cpu1 is not None and state.cpu0 is not None:
+        fields["cpu_ms"] = round((cpu1 - state.cpu0) * 1000.0, 3)
     _optional(fields, state)
     return collector._event(_SUCCEEDED, fields, ts)
 
@@ -217,6 +224,7 @@ class CeleryCollector:
         #: id(task) -> (task, whether it belongs to our app): ``task.app`` is a class property costing
         #: more than the rest of a hook; the task is kept in the entry so a reused id cannot match.
         self._ours_cache: dict[int, tuple[Any, bool]] = {}
+        self._cpu = CpuSampler()
 
     # --- wiring -------------------------------------------------------------------------------
 
@@ -269,12 +277,6 @@ class CeleryCollector:
         if node is not None and node != identity[4]:
             identity = (*identity[:4], node)
         return identity, type, fields
-
-    def _defer(self, item: tuple[Any, ...]) -> None:
-        """Queue a deferred event (see Emitter): the job's thread only snapshots."""
-        rec = self.recorder
-        if rec.config.enabled:
-            rec.emitter.emit(item)
 
     def _max_attempts(self, task: Any) -> int | None:
         max_retries = getattr(task, "max_retries", None)
@@ -456,12 +458,15 @@ class CeleryCollector:
             if task is None or not self._ours(task):
                 return
             req = task.request
-            state = _Running(task, task_id, req, int(req.retries or 0) + 1, args, kwargs, _perf(), _thread_time())
+            cpu0 = _thread_time() if self._cpu.want(task) else None  # a system call: sampled (CpuSampler)
+            state = _Running(task, task_id, req, int(req.retries or 0) + 1, args, kwargs, _perf(), cpu0)
             running = self._running
             if len(running) >= _MAX_TRACKED:
                 running.clear()
             running[task_id] = state
-            self._defer((_started_event, self, state, _now(), current_trace()))
+            rec = self.recorder
+            if rec.config.enabled:  # held: a job that ends before the next send costs one event
+                rec.emitter.begin(state, (_started_event, self, state, _now(), current_trace()))
         except Exception:
             hook_failed("celery.task_prerun")
 
@@ -471,8 +476,9 @@ class CeleryCollector:
             state = self._running.get(task_id)
         if state is None:
             return {"job_id": task_id, "task": getattr(task, "name", None)}
-        fields = state.fields(task, _perf(), _thread_time())
+        fields = state.fields(task, _perf(), None if state.cpu0 is None else _thread_time())
         fields["job_id"] = task_id
+        self.recorder.emitter.release(state)  # an end not folded into its start: the start goes first
         return fields
 
     def on_retry(self, sender: Any = None, request: Any = None, reason: Any = None, einfo: Any = None,
@@ -532,12 +538,19 @@ class CeleryCollector:
     def on_postrun(self, sender: Any = None, task_id: Any = None, **kw: Any) -> None:
         """Report a success (one signal less per job than task_success) and forget the attempt."""
         try:
-            t1, cpu1 = _perf(), _thread_time()
+            t1 = _perf()
             state = self._running.pop(task_id, None)
+            cpu1 = None if state is None or state.cpu0 is None else _thread_time()
             if kw.get("state") != "SUCCESS" or sender is None or not self._ours(sender):
+                if state is not None:
+                    self.recorder.emitter.release(state)
                 return
             if state is not None and state.task is sender:
-                self._defer((_succeeded_event, self, state, sender, t1, cpu1, _now()))
+                rec = self.recorder
+                if rec.config.enabled:
+                    item = (_succeeded_event, self, state, sender, t1, cpu1, _now())
+                    start = rec.emitter.settle(state)
+                    rec.emitter.emit(item if start is None else (coalesced, start, item))
                 return
             # Not started here (or another task's attempt under this id): what the request says.
             self._emit(_SUCCEEDED, **self._attempt_fields(task_id or sender.request.id, sender, state))

@@ -61,8 +61,10 @@ except ImportError as exc:  # pragma: no cover - the user asked for the Dramatiq
 
 from .config import CollectorConfig
 from .constants import HEARTBEAT_INTERVAL_S
+from .emitter import coalesced
 from .events import EventType, cap_text
 from .runtime import (
+    CpuSampler,
     Heartbeat,
     Recorder,
     current_trace,
@@ -109,7 +111,7 @@ class _Attempt:
     result: str | None = None
     retry_delay_ms: int | None = None
 
-    def __init__(self, message: Any, attempt: int, started: bool, t0: float, cpu0: float) -> None:
+    def __init__(self, message: Any, attempt: int, started: bool, t0: float, cpu0: float | None) -> None:
         self.message = message
         self.attempt = attempt
         self.started = started
@@ -129,9 +131,10 @@ class _Attempt:
         """duration_ms and cpu_ms of the actor's run (None when it never ran here)."""
         if self.t1 is None:
             return {"duration_ms": None, "cpu_ms": None}
+        cpu0, cpu1 = self.cpu0, self.cpu1
         return {
             "duration_ms": round((self.t1 - self.t0) * 1000.0, 3),
-            "cpu_ms": round((self.cpu1 - self.cpu0) * 1000.0, 3),  # type: ignore[operator]
+            "cpu_ms": None if cpu0 is None or cpu1 is None else round((cpu1 - cpu0) * 1000.0, 3),
         }
 
     def fields(self, broker: Any) -> dict[str, Any]:
@@ -195,13 +198,16 @@ def _started_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
 
 
 def _succeeded_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
-    _, rec, broker, run, ts = item
+    _, collector, broker, run, ts = item
     fields = _attempt_fields(broker, run, ts)
-    fields["duration_ms"] = round((run.t1 - run.t0) * 1000.0, 3)
-    fields["cpu_ms"] = round((run.cpu1 - run.cpu0) * 1000.0, 3)
+    duration = run.t1 - run.t0
+    fields["duration_ms"] = round(duration * 1000.0, 3)
+    collector._cpu.learn(fields["task"], duration)
+    if run.cpu1 is not None and run.cpu0 is not None:
+        fields["cpu_ms"] = round((run.cpu1 - run.cpu0) * 1000.0, 3)
     if run.result is not None:
         fields["result"] = run.result
-    return rec.identity, EventType.JOB_SUCCEEDED, fields
+    return collector.recorder.identity, EventType.JOB_SUCCEEDED, fields
 
 
 class Collector(Middleware):
@@ -235,6 +241,7 @@ class Collector(Middleware):
         self._beats: list[Heartbeat] = []
         self._registered: set[str] = set()
         self._scheduler_beat: Heartbeat | None = None
+        self._cpu = CpuSampler()
 
     # --- enqueues ------------------------------------------------------------------------------
 
@@ -300,11 +307,12 @@ class Collector(Middleware):
         """An attempt begins on this worker thread: snapshot, and leave the event to the emitter."""
         try:
             msg = _bare(message)
-            run = _Attempt(msg, int(msg.options.get("retries") or 0) + 1, True, _monotonic(), _thread_time())
+            cpu0 = _thread_time() if self._cpu.want(msg.actor_name) else None  # a system call: sampled
+            run = _Attempt(msg, int(msg.options.get("retries") or 0) + 1, True, _monotonic(), cpu0)
             self._runs[_get_ident()] = run  # replaces a stale attempt whose ack never came
             rec = self.recorder
-            if rec.config.enabled:
-                rec.emitter.emit((_started_event, rec, broker, run, _now(), current_trace()))
+            if rec.config.enabled:  # held: a job that ends before the next send costs one event
+                rec.emitter.begin(run, (_started_event, rec, broker, run, _now(), current_trace()))
         except Exception:
             hook_failed("dramatiq before_process_message")
 
@@ -313,12 +321,14 @@ class Collector(Middleware):
     ) -> None:
         """Note how the attempt ended; it is reported once the message is acked or nacked."""
         try:
-            t1, cpu1 = _monotonic(), _thread_time()
+            t1 = _monotonic()
             run = self._runs.get(_get_ident())
             if run is None or run.message is not _bare(message) or run.outcome is not None:
                 run = self._attempt_of(broker, message)
-                t1, cpu1 = _monotonic(), _thread_time()
-            run.t1, run.cpu1 = t1, cpu1
+                t1 = _monotonic()
+            run.t1 = t1
+            if run.cpu0 is not None:
+                run.cpu1 = _thread_time()
             if exception is None:
                 run.outcome = "ok"
                 if result is not None and self.config.capture_args:
@@ -420,8 +430,11 @@ class Collector(Middleware):
         self._count(failed=not ok)
         if ok:
             if rec.config.enabled:
-                rec.emitter.emit((_succeeded_event, rec, broker, run, _now()))
+                item = (_succeeded_event, self, broker, run, _now())
+                start = rec.emitter.settle(run)
+                rec.emitter.emit(item if start is None else (coalesced, start, item))
             return
+        rec.emitter.release(run)  # a failure is sent as two events, as it always was
         fields = run.fields(broker)
         if dead:
             fields["dead_letter_queue"] = xq_name(fields["queue"])

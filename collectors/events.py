@@ -52,6 +52,8 @@ __all__ = [
     "RESERVED",
     "decode",
     "validate",
+    "split_started",
+    "ENDING_TYPES",
     "preview",
     "cap_payload",
     "cap_text",
@@ -169,6 +171,7 @@ FIELD_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "timezone": _STR,
     "slot": _NUM,
     "scheduler": _STR,
+    "started_at": _NUM,
 }
 
 #: Longest identifier-like string accepted (ids, names); longer ones are quarantined.
@@ -466,6 +469,34 @@ def validate(obj: Any) -> dict[str, Any]:
     if attempt is not None and not 0 < attempt < 1_000_000:
         raise InvalidEvent(f"field 'attempt' must be 1-based, got {attempt!r}")
     return obj
+
+
+#: Job events that end an attempt: one of them may carry ``started_at`` in place of its own job-started.
+ENDING_TYPES: Final = frozenset({EventType.JOB_SUCCEEDED, EventType.JOB_FAILED, EventType.JOB_CANCELLED})
+#: Fields that describe an attempt's end, left out of the job-started recovered from it.
+_ENDING_ONLY: Final = frozenset({
+    "id", "type", "ts", "started_at", "duration_ms", "cpu_ms", "exc_type", "exc_message", "traceback",
+    "retry_in_s", "payload", "final", "reason", "result", "time_limit_s", "oversize",
+})
+
+
+def split_started(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``job-started`` an ending event stands in for, or ``None`` (it has no valid ``started_at``).
+
+    A collector sends one event for an attempt that ended before its start was sent: the end,
+    carrying the start's fields and ``started_at``. This gives back the start as if it had been sent
+    on its own: id ``<id>.s``, ``ts`` the start's. ``started_at`` is removed from ``event``.
+    """
+    if event.get("type") not in ENDING_TYPES:
+        return None  # on any other type it is an unknown field, kept as it is
+    started_at = event.pop("started_at", None)
+    if type(started_at) not in (int, float) or started_at != started_at or not 0 <= started_at <= 1e11:
+        return None
+    start = {k: v for k, v in event.items() if k not in _ENDING_ONLY}
+    start["id"] = f"{event['id']}.s"
+    start["type"] = EventType.JOB_STARTED
+    start["ts"] = started_at
+    return start
 
 
 def _type_name(allowed: tuple[type, ...]) -> str:

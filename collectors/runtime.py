@@ -26,6 +26,7 @@ __all__ = [
     "swallow_errors",
     "guarded",
     "Recorder",
+    "CpuSampler",
     "Heartbeat",
     "LoopLagMonitor",
     "failure_fields",
@@ -225,6 +226,37 @@ class Recorder:
             "rss_bytes": rss_bytes(),
             "dropped": self.emitter.dropped,
         }
+
+
+class CpuSampler:
+    """Chooses the attempts whose CPU time (``cpu_ms``) is measured.
+
+    A CPU clock is a system call (0.8-2 µs here, twice per attempt), which a no-op job cannot
+    afford. Measured: every attempt of a task not yet timed or whose last timed run took ``slow_s``
+    or more, and one in ``every`` of the others. What ``cpu_ms`` is for (is this queue's work
+    CPU-bound?) needs the long jobs, and only a sample of the short ones. ``learn`` runs where
+    durations are computed (often the emitter's thread); ``want`` on the job's.
+    """
+
+    __slots__ = ("every", "slow_s", "_n", "_slow")
+
+    def __init__(self, every: int = 16, slow_s: float = 0.001) -> None:
+        self.every = every
+        self.slow_s = slow_s
+        self._n = 0
+        #: Whether each task's last timed run was slow (a task missing has not been timed yet).
+        self._slow: dict[Any, bool] = {}
+
+    def want(self, task: Any) -> bool:
+        """Whether the attempt of ``task`` starting now reads the CPU clock."""
+        self._n = n = self._n + 1
+        return self._slow.get(task, True) or n % self.every == 0
+
+    def learn(self, task: Any, duration_s: float) -> None:
+        """Note how long a run of ``task`` took (it decides the task's next attempts)."""
+        slow = self._slow
+        if len(slow) < 4096 or task in slow:
+            slow[task] = duration_s >= self.slow_s
 
 
 class Heartbeat:

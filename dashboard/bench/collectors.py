@@ -18,8 +18,13 @@ probes from ``collector_probes/`` are run as scripts:
   process tree, from /proc schedstat) and Redis's (``INFO cpu``) are sampled too, to say where a loss
   comes from: CPU per job with minus without is what the collector costs the worker in total (hooks and
   emitter thread), ``cpu_loss_pct`` its share (the throughput a CPU-bound worker loses), and Redis's
-  added CPU is its side of the XADDs. On 2 vCPUs that are hyperthreads of one core these move about
-  ±10 % from run to run too: a CPU second buys less work while the sibling is busy.
+  added CPU is its side of the XADDs. The collector's sending thread is measured apart (it names
+  itself ``flowerbed-emit`` to the OS), and the worker's garbage collections are counted.
+  The worker is pinned to one CPU (``FB_BENCH_CPUS``; see ``_common.worker_cpus``) and runs with a
+  fixed ``PYTHONHASHSEED``: unpinned, one run's throughput differed from the next by ±12 % on a
+  2-vCPU VM, pinned by ±2-5 %. On 2 vCPUs that are hyperthreads of one core the figures still move
+  from run to run: a CPU second buys less work while the sibling is busy. Read the median of the
+  alternations' losses beside the best-of figure.
 
 The machine's 1-minute load average is printed with the figures: on a shared machine, read them with it.
 """
@@ -129,6 +134,8 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
         runs: dict[str, list[float]] = {"without": [], "with": []}
         cpu: dict[str, list[float]] = {"without": [], "with": []}
         redis_cpu: dict[str, list[float]] = {"without": [], "with": []}
+        emitter_cpu: list[float] = []
+        gc_runs: dict[str, list[Any]] = {"without": [], "with": []}
         events = []
         for i in range(args.repeat):
             for mode, flag in (("without", "0"), ("with", "1")):
@@ -143,8 +150,16 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
                     redis_cpu[mode].append(r["redis_cpu_us_per_job"])
                 if "events" in r:
                     events.append(r["events"])
+                if mode == "with" and "emitter_cpu_us_per_job" in r:
+                    emitter_cpu.append(r["emitter_cpu_us_per_job"])
+                if "gc" in r:
+                    gc_runs[mode].append(r["gc"])
         best_without, best_with = max(runs["without"]), max(runs["with"])
-        out["throughput"] = {"runs": runs, "events_per_run": events}
+        out["throughput"] = {"runs": runs, "events_per_run": events, "gc": gc_runs}
+        if emitter_cpu:  # the collector's sending thread, apart from the rest of the worker
+            out["emitter_cpu_us_per_job"] = round(statistics.median(emitter_cpu), 2)
+        if events:
+            out["events_per_job"] = round(statistics.median(events) / args.jobs, 3)
         out["jobs_per_s_without"] = round(best_without, 1)
         out["jobs_per_s_with"] = round(best_with, 1)
         out["loss_pct"] = round((best_without - best_with) / best_without * 100.0, 2)
@@ -161,6 +176,8 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
             out["worker_cpu_us_per_job_without"] = round(base_cpu, 2)
             out["worker_cpu_us_per_job_with"] = round(with_cpu, 2)
             out["cpu_loss_pct"] = round((with_cpu - base_cpu) / with_cpu * 100.0, 2)
+            cpu_pairs = [(c - w) / c * 100.0 for w, c in zip(cpu["without"], cpu["with"])]
+            out["cpu_loss_pct_median"] = round(statistics.median(cpu_pairs), 2)
         if redis_cpu["without"] and redis_cpu["with"]:
             out["redis_cpu_us_per_job_added"] = round(min(redis_cpu["with"]) - min(redis_cpu["without"]), 2)
     out["load_avg"] = [round(load0, 2), round(_load(), 2)]
@@ -200,8 +217,11 @@ def _table(results: list[dict[str, Any]]) -> str:
     for r in results:
         if "cpu_loss_pct" in r:
             lines.append(f"  {r['lib']}: worker CPU per job (all threads) {r['worker_cpu_us_per_job_without']:.1f} → "
-                         f"{r['worker_cpu_us_per_job_with']:.1f} µs, loss when CPU-bound {r['cpu_loss_pct']:.2f} %; "
-                         f"Redis CPU added per job {r.get('redis_cpu_us_per_job_added', float('nan')):.1f} µs")
+                         f"{r['worker_cpu_us_per_job_with']:.1f} µs, loss when CPU-bound {r['cpu_loss_pct']:.2f} % "
+                         f"(median of pairs {r['cpu_loss_pct_median']:.2f} %), of which the emitter thread "
+                         f"{r.get('emitter_cpu_us_per_job', float('nan')):.1f} µs; "
+                         f"Redis CPU added per job {r.get('redis_cpu_us_per_job_added', float('nan')):.1f} µs; "
+                         f"stream entries per job {r.get('events_per_job', float('nan')):.2f}")
     for r in results:
         lines.append(f"  {r['lib']}: {r['path']} (env: {r['env']})")
         if "producer_us_per_job" in r:

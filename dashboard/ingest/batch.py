@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from collectors.constants import EVENT_FIELD
-from collectors.events import JOB_TYPES, SCHEDULE_TYPES, WORKER_TYPES, InvalidEvent, decode
+from collectors.events import JOB_TYPES, SCHEDULE_TYPES, WORKER_TYPES, InvalidEvent, decode, split_started
 from dashboard.store.keys import event_key
 
 __all__ = ["Batch", "JobKey", "QUARANTINE_RAW_LIMIT"]
@@ -85,9 +85,13 @@ class Batch:
                 item = (event_key(event["id"]), event)
                 group = groups.get(key)
                 if group is None:
-                    groups[key] = [item]
-                else:
-                    group.append(item)
+                    group = groups[key] = []
+                if "started_at" in event:  # one event for the attempt's start and end: two again
+                    start = split_started(event)
+                    if start is not None:
+                        group.append((event_key(start["id"]), start))
+                        valid += 1
+                group.append(item)
             elif etype in _OTHER_TYPES:
                 others.append(event)
             else:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import redis
 
-from collectors.events import validate
+from collectors.events import split_started, validate
 from tests.conftest import REDIS_URL, ROOT
 
 Events = list[dict[str, Any]]
@@ -66,8 +66,16 @@ class Lab:
         return out.stdout.decode()
 
     def events(self) -> Events:
-        """Every event on the test's stream, each checked against the protocol."""
-        return [validate(json.loads(fields[b"e"])) for _, fields in self.redis.xrange(self.stream)]
+        """Every event on the test's stream, each checked against the protocol, read as ingest reads them:
+        an attempt's end that carries its start (``started_at``) counts as both events."""
+        out: Events = []
+        for _, fields in self.redis.xrange(self.stream):
+            event = validate(json.loads(fields[b"e"]))
+            start = split_started(event)
+            if start is not None:
+                out.append(validate(start))
+            out.append(event)
+        return out
 
     def wait(self, check: Callable[[Events], Any], timeout: float = 30.0) -> Events:
         """Poll the stream until ``check(events)`` is truthy; the processes' logs if it never is."""

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from collectors.constants import MAX_EVENT_BYTES
-from collectors.emitter import Emitter
+from collectors.emitter import Emitter, coalesced
 from collectors.events import build, decode
 from tests.conftest import REDIS_URL, free_port
 
@@ -286,3 +286,35 @@ def test_a_redis_py_without_the_raw_path_falls_back_to_its_pipeline(stream_name:
     assert emitter.flush(10)
     emitter.close()
     assert [e["job_id"] for e in stream_events(stream_name)] == [f"job-{i}" for i in range(50)]
+
+
+def test_a_job_that_ends_before_the_next_send_costs_one_event(stream_name: str) -> None:
+    """A held start settled by its end goes out inside the end (``started_at``); one still running at the
+    next send goes out alone, and its end follows as a plain event."""
+    emitter = Emitter(REDIS_URL, stream_name, maxlen=0, flush_interval=5.0)  # sends only when flushed
+    identity = ("taskiq", "shop", "host-1", 42, "host-1:42:abc")
+
+    def started(item: tuple) -> tuple:
+        return identity, "job-started", {"job_id": item[1], "attempt": 1, "ts": item[2], "args": '{"args":[1]}'}
+
+    def succeeded(item: tuple) -> tuple:
+        return identity, "job-succeeded", {"job_id": item[1], "attempt": 1, "ts": item[2], "duration_ms": 1.0}
+
+    fast, slow = object(), object()
+    emitter.begin(fast, (started, "fast", 1700000000.0))
+    emitter.begin(slow, (started, "slow", 1700000000.0))
+    start = emitter.settle(fast)
+    assert start is not None and emitter.settle(fast) is None  # exactly one side gets it
+    emitter.emit((coalesced, start, (succeeded, "fast", 1700000000.5)))
+    assert emitter.flush(10)  # the slow job is still running: its start is sent on its own
+    assert emitter.settle(slow) is None
+    emitter.emit((succeeded, "slow", 1700000009.0))
+    assert emitter.flush(10)
+    emitter.close()
+    got = [(e["type"], e["job_id"], e.get("started_at"), e.get("args")) for e in stream_events(stream_name)]
+    assert sorted(got, key=lambda g: (g[1], g[0])) == [
+        ("job-succeeded", "fast", 1700000000.0, '{"args":[1]}'),
+        ("job-started", "slow", None, '{"args":[1]}'),
+        ("job-succeeded", "slow", None, None),
+    ]
+    assert emitter.sent == emitter.emitted == 3 and emitter.dropped == 0

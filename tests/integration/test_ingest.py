@@ -333,3 +333,34 @@ def test_a_change_notice_is_published_after_each_commit(client: redis.Redis, str
     notice = json.loads(message["data"])
     assert notice["events"] == 3 and "jobs" in notice["topics"] and "status" in notice["topics"]
     assert notice["jobs"] == [["arq", "shop", "j1", "succeeded"]]
+
+
+def test_an_end_that_carries_its_start_is_stored_as_both(client: redis.Redis, stream: str, store_url: str) -> None:
+    """A collector sends one event for an attempt that ended before its start was sent (``started_at``):
+    the store holds the same job row and timeline as for two events, and a redelivery adds nothing."""
+    t0 = time.time() - 5
+    base = {"job_id": "c1", "task": "tasks.add", "queue": "default", "attempt": 1, "worker": "w1"}
+    events = [build("job-enqueued", "taskiq", "shop", ts=t0, **base),
+              build("job-succeeded", "taskiq", "shop", ts=t0 + 1.5, started_at=t0 + 1.0, duration_ms=500.0,
+                    args='{"args":[1]}', correlation_id="corr-1", **base)]
+    emit(stream, events)
+    settings = settings_for(stream, store_url)
+    with ingesting(settings):
+        wait_until(lambda: acked_all(client, stream, 2), what="every entry acknowledged")
+    client.xgroup_destroy(stream, CONSUMER_GROUP)  # delivered again: still one start, one end
+    with ingesting(settings):
+        wait_until(lambda: acked_all(client, stream, 2), what="second pass")
+    [(state, started, finished, args)] = query(
+        store_url, "SELECT state, started_at, finished_at, args FROM jobs WHERE job_id = 'c1'")
+    assert state == "succeeded" and args == '{"args":[1]}'
+    assert abs(_unix(started) - (t0 + 1.0)) < 0.01 and abs(_unix(finished) - (t0 + 1.5)) < 0.01
+    timeline = query(store_url, "SELECT type, extra FROM job_events ORDER BY ts")
+    assert [t for t, _ in timeline] == ["job-enqueued", "job-started", "job-succeeded"]
+    assert not any(extra and "started_at" in extra for _, extra in timeline)
+    meta = dict(query(store_url, "SELECT key, value FROM meta"))
+    assert meta["events_ingested"] == 3 and meta["duplicates"] == 3
+
+
+def _unix(value: Any) -> float:
+    """A stored time as unix seconds (SQLite keeps floats, PostgreSQL timestamps)."""
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)

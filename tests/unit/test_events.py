@@ -139,3 +139,23 @@ def test_an_event_too_big_for_its_tail_is_left_to_encode() -> None:
     tail = events.identity_tail("job-failed", "arq", "a", "h", 1, "w")
     big = {"job_id": "j", "ts": 1.0, "traceback": "x" * MAX_EVENT_BYTES}
     assert events.encode_with_tail(big, tail, Redactor()) is None
+
+
+def test_an_end_carrying_its_start_gives_the_start_back() -> None:
+    end = validate(build("job-succeeded", "celery", "shop", job_id="j", task="t", attempt=2, worker="w", ts=10.5,
+                         started_at=10.0, duration_ms=500.0, cpu_ms=1.0, args='{"args":[1]}', trace_id="ab"))
+    start = events.split_started(end)
+    assert start is not None and "started_at" not in end
+    assert validate(start) is start and start["type"] == "job-started" and start["ts"] == 10.0
+    assert start["id"] == end["id"] + ".s"
+    assert (start["job_id"], start["attempt"], start["worker"], start["args"], start["trace_id"]) == ("j", 2, "w",
+                                                                                                       '{"args":[1]}', "ab")
+    assert "duration_ms" not in start and "cpu_ms" not in start
+
+
+def test_started_at_means_nothing_on_other_types_or_out_of_range() -> None:
+    started = build("job-started", "arq", "a", job_id="j", started_at=1.0)
+    assert events.split_started(started) is None and started["started_at"] == 1.0  # an unknown field, kept
+    assert events.split_started(build("job-failed", "arq", "a", job_id="j", started_at=float("nan"))) is None
+    with pytest.raises(InvalidEvent, match="started_at"):
+        validate(build("job-failed", "arq", "a", job_id="j", started_at="soon"))

@@ -38,14 +38,52 @@ def prefix() -> str:
 
 
 def mark(name: str) -> None:
-    """The sentinel job's body: record when it ran."""
+    """The sentinel job's body: record when it ran, and the worker's garbage collections in between."""
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
     try:
+        if name == "start":
+            _GC.start()
+        else:
+            client.set(f"{prefix()}:gc", json.dumps(_GC.report()), ex=3600)
         client.set(f"{prefix()}:mark:{name}", repr(time.time()), ex=3600)
     finally:
         client.close()
+
+
+class _GcCounter:
+    """Counts the worker's garbage collections per generation, and their time, between the sentinels.
+
+    Events waiting in a collector's buffer keep job objects alive; in a busy worker those survivors
+    set off collections that the same worker without a collector does not make.
+    """
+
+    def __init__(self) -> None:
+        self.counts = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        import gc
+
+        self.counts, self.seconds = [0, 0, 0], [0.0, 0.0, 0.0]
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.counts[generation] += 1
+            self.seconds[generation] += time.perf_counter() - self._t0
+
+    def report(self) -> dict[str, Any]:
+        return {"collections": self.counts, "ms": [round(s * 1e3, 2) for s in self.seconds]}
+
+
+_GC = _GcCounter()
 
 
 def log(msg: str) -> None:
@@ -125,7 +163,7 @@ def run_worker(cmd: list[str], env: dict[str, str], fill: Callable[[], None], jo
     # A file, not a pipe: a worker logging each job (arq does) would block on a full pipe.
     errfile = tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errfile,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+                            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_pin)
 
     def tail() -> str:
         errfile.seek(0)
@@ -134,15 +172,15 @@ def run_worker(cmd: list[str], env: dict[str, str], fill: Callable[[], None], jo
     try:
         deadline = time.monotonic() + timeout
         start = end = None
-        cpu0 = cpu1 = redis0 = redis1 = None
+        cpu0 = cpu1 = redis0 = redis1 = emit0 = emit1 = None
         while time.monotonic() < deadline:
             if start is None:
                 start = client.get(f"{pre}:mark:start")
                 if start is not None:
-                    cpu0, redis0 = tree_cpu_ns(proc.pid), redis_cpu_s(client)
+                    cpu0, redis0, emit0 = tree_cpu_ns(proc.pid), redis_cpu_s(client), tree_cpu_ns(proc.pid, EMITTER)
             end = client.get(f"{pre}:mark:end")
             if end is not None:
-                cpu1, redis1 = tree_cpu_ns(proc.pid), redis_cpu_s(client)
+                cpu1, redis1, emit1 = tree_cpu_ns(proc.pid), redis_cpu_s(client), tree_cpu_ns(proc.pid, EMITTER)
                 break
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited early ({proc.returncode}): {tail()}")
@@ -158,6 +196,11 @@ def run_worker(cmd: list[str], env: dict[str, str], fill: Callable[[], None], jo
             result["cpu_us_per_job"] = (cpu1 - cpu0) / 1e3 / jobs
         if redis0 is not None and redis1 is not None:
             result["redis_cpu_us_per_job"] = (redis1 - redis0) * 1e6 / jobs
+        if emit0 is not None and emit1 is not None:  # the collector's sending thread alone
+            result["emitter_cpu_us_per_job"] = (emit1 - emit0) / 1e3 / jobs
+        gc_report = client.get(f"{pre}:gc")
+        if gc_report is not None:
+            result["gc"] = json.loads(gc_report)
         return result
     finally:
         stop(proc)
@@ -165,8 +208,36 @@ def run_worker(cmd: list[str], env: dict[str, str], fill: Callable[[], None], jo
         client.close()
 
 
-def tree_cpu_ns(pid: int) -> int | None:
-    """CPU time (ns) used so far by every thread of a process and its descendants (Linux schedstat)."""
+def worker_cpus() -> set[int] | None:
+    """The CPU a measured worker is pinned to: the last one, unless ``FB_BENCH_CPUS`` says (``all``: none).
+
+    Unpinned, the scheduler moves the worker between the vCPUs it shares with Redis and this probe,
+    and one run's throughput differs from the next by ±12 % on a 2-vCPU VM; pinned, by ±2 %. Every
+    thread of the worker shares one CPU, so its collector's emitter thread competes with the jobs
+    for it: pinning can only make the collector's cost look larger.
+    """
+    spec = os.environ.get("FB_BENCH_CPUS", "")
+    if spec == "all" or not hasattr(os, "sched_setaffinity"):
+        return None
+    if spec:
+        return {int(c) for c in spec.split(",")}
+    available = sorted(os.sched_getaffinity(0))
+    return {available[-1]} if len(available) > 1 else None
+
+
+def _pin() -> None:
+    cpus = worker_cpus()
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
+#: The OS name of the collector's sending thread (see ``collectors.emitter``).
+EMITTER = "flowerbed-emit"
+
+
+def tree_cpu_ns(pid: int, comm: str | None = None) -> int | None:
+    """CPU time (ns) used so far by every thread of a process and its descendants (Linux schedstat),
+    or by those of its threads named ``comm``."""
     total = 0
     pending = [pid]
     while pending:
@@ -177,8 +248,12 @@ def tree_cpu_ns(pid: int) -> int | None:
             continue
         for tid in tids:
             try:
-                with open(f"/proc/{current}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
+                if comm is not None:
+                    with open(f"/proc/{current}/task/{tid}/comm") as f:
+                        named = f.read().strip() == comm
+                if comm is None or named:
+                    with open(f"/proc/{current}/task/{tid}/schedstat") as f:
+                        total += int(f.read().split()[0])
                 with open(f"/proc/{current}/task/{tid}/children") as f:
                     pending.extend(int(child) for child in f.read().split())
             except (OSError, ValueError, IndexError):
@@ -238,6 +313,8 @@ def worker_env(pre: str, collector: bool, stream: str) -> dict[str, str]:
     env.setdefault("FLOWERBED_APP", "bench")
     env["FLOWERBED_REDIS_URL"] = REDIS_URL
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # Same string hashes in every run: dict layouts (and so the worker's speed) differ with the seed.
+    env["PYTHONHASHSEED"] = "0"
     return env
 
 
