@@ -70,7 +70,6 @@ from typing import Any, Callable
 
 from .config import CollectorConfig
 from .constants import HEARTBEAT_INTERVAL_S
-from .emitter import coalesced
 from .events import EventType, cap_text
 from .runtime import (
     Heartbeat,
@@ -630,9 +629,7 @@ class _WorkerState:
             self._count(True)
             rec = self.recorder
             if rec.config.enabled:
-                item = (_succeeded_event, self, run, t1, preview, _now())
-                start = rec.emitter.settle(run)
-                rec.emitter.emit(item if start is None else (coalesced, start, item))
+                rec.emitter.finish(run, (_succeeded_event, self, run, t1, preview, _now()))
         except Exception:
             hook_failed("arq job end")
 

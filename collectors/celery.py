@@ -31,7 +31,6 @@ except ImportError as exc:  # pragma: no cover - depends on the user's environme
     ) from exc
 
 from .config import CollectorConfig
-from .emitter import coalesced
 from .events import EventType
 from .runtime import (
     CpuSampler,
@@ -548,9 +547,7 @@ class CeleryCollector:
             if state is not None and state.task is sender:
                 rec = self.recorder
                 if rec.config.enabled:
-                    item = (_succeeded_event, self, state, sender, t1, cpu1, _now())
-                    start = rec.emitter.settle(state)
-                    rec.emitter.emit(item if start is None else (coalesced, start, item))
+                    rec.emitter.finish(state, (_succeeded_event, self, state, sender, t1, cpu1, _now()))
                 return
             # Not started here (or another task's attempt under this id): what the request says.
             self._emit(_SUCCEEDED, **self._attempt_fields(task_id or sender.request.id, sender, state))

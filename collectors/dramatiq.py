@@ -61,7 +61,6 @@ except ImportError as exc:  # pragma: no cover - the user asked for the Dramatiq
 
 from .config import CollectorConfig
 from .constants import HEARTBEAT_INTERVAL_S
-from .emitter import coalesced
 from .events import EventType, cap_text
 from .runtime import (
     CpuSampler,
@@ -430,9 +429,7 @@ class Collector(Middleware):
         self._count(failed=not ok)
         if ok:
             if rec.config.enabled:
-                item = (_succeeded_event, self, broker, run, _now())
-                start = rec.emitter.settle(run)
-                rec.emitter.emit(item if start is None else (coalesced, start, item))
+                rec.emitter.finish(run, (_succeeded_event, self, broker, run, _now()))
             return
         rec.emitter.release(run)  # a failure is sent as two events, as it always was
         fields = run.fields(broker)

@@ -10,7 +10,7 @@ What may be queued: an event dict; a Recorder's ``(identity, type, fields)``; or
 leave building the event (attribute reads, lookups, rounding) to this thread.
 
 A job's start is not queued but *held* (:meth:`Emitter.begin`): at its end the job's hook takes it
-back (:meth:`Emitter.settle`) and, if it was never sent, queues one event for both, its terminal
+back (:meth:`Emitter.finish`) and, if it was never sent, queues one event for both, its terminal
 event carrying ``started_at`` (:func:`coalesced`); ingest records the start from it. A start still
 held when the thread next sends (a job still running) is sent on its own. Most jobs finish within
 the thread's flush interval, so they cost one event instead of two: half the encoding, half the
@@ -155,12 +155,17 @@ class Emitter:
         """Take back the start held under ``key``: ``None`` if it has been sent meanwhile.
 
         One ``dict.pop`` on either side, so exactly one of the job's thread and the sender gets it.
-        The caller queues it with its end (:func:`coalesced`) or alone (:meth:`release`).
+        :meth:`finish` and :meth:`release` are the usual callers.
         """
         try:
             return self._starts.pop(key, None)  # type: ignore[no-any-return]
         except Exception:  # pragma: no cover
             return None
+
+    def finish(self, key: Any, item: tuple[Any, ...]) -> None:
+        """Queue a job's end: folded into its held start (:func:`coalesced`) if that was never sent."""
+        start = self.settle(key)
+        self.emit(item if start is None else (coalesced, start, item))
 
     def release(self, key: Any) -> None:
         """Queue the start held under ``key`` on its own (an end that is not folded into it)."""

@@ -31,7 +31,6 @@ except ImportError as exc:  # pragma: no cover - depends on the user's environme
     ) from exc
 
 from .config import CollectorConfig
-from .emitter import coalesced
 from .events import EventType
 from .runtime import (
     CpuSampler,
@@ -113,13 +112,11 @@ class _Running:
     labels when an event is built (for a success, on the emitter's thread).
     """
 
-    __slots__ = ("message", "seq", "alone", "attempt", "t0", "cpu0", "token")
+    __slots__ = ("message", "seq", "attempt", "t0", "cpu0", "token")
 
-    def __init__(self, message: Any, seq: int, alone: bool, attempt: int, t0: float, cpu0: float | None,
-                 token: Any) -> None:
+    def __init__(self, message: Any, seq: int, attempt: int, t0: float, cpu0: float | None, token: Any) -> None:
         self.message = message
         self.seq = seq
-        self.alone = alone
         self.attempt = attempt
         self.t0 = t0
         self.cpu0 = cpu0
@@ -371,11 +368,10 @@ class Collector(TaskiqMiddleware):
             rec = self.recorder
             rec.inflight += 1
             self._seq = seq = self._seq + 1
-            alone = rec.inflight == 1
             # CPU time is per process: only attributable to a job that no other overlaps, so the
             # clock (a system call, ~0.8 µs) is read only then, and only for a sample (CpuSampler).
-            cpu0 = _process_time() if alone and self._cpu.want(message.task_name) else None
-            state = _Running(message, seq, alone, _attempt_of(labels), _perf(), cpu0, _current_job.set(message))
+            cpu0 = _process_time() if rec.inflight == 1 and self._cpu.want(message.task_name) else None
+            state = _Running(message, seq, _attempt_of(labels), _perf(), cpu0, _current_job.set(message))
             running = self._running
             if len(running) >= _MAX_TRACKED:
                 running.clear()
@@ -435,9 +431,7 @@ class Collector(TaskiqMiddleware):
             error = result.error if result.is_err else None
             if error is None or isinstance(exc, NoResultError):
                 if rec.config.enabled:
-                    item = (_succeeded_event, self, message, state, t1, cpu1, _now())
-                    start = rec.emitter.settle(state)
-                    rec.emitter.emit(item if start is None else (coalesced, start, item))
+                    rec.emitter.finish(state, (_succeeded_event, self, message, state, t1, cpu1, _now()))
                 return
             rec.emitter.release(state)  # a failure is sent as two events, as it always was
             self._failed(message, state, t1, cpu1, error, exc, retry_delay)

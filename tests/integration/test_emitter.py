@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from collectors.constants import MAX_EVENT_BYTES
-from collectors.emitter import Emitter, coalesced
+from collectors.emitter import Emitter
 from collectors.events import build, decode
 from tests.conftest import REDIS_URL, free_port
 
@@ -303,12 +303,11 @@ def test_a_job_that_ends_before_the_next_send_costs_one_event(stream_name: str) 
     fast, slow = object(), object()
     emitter.begin(fast, (started, "fast", 1700000000.0))
     emitter.begin(slow, (started, "slow", 1700000000.0))
-    start = emitter.settle(fast)
-    assert start is not None and emitter.settle(fast) is None  # exactly one side gets it
-    emitter.emit((coalesced, start, (succeeded, "fast", 1700000000.5)))
+    emitter.finish(fast, (succeeded, "fast", 1700000000.5))
+    assert emitter.settle(fast) is None  # the end took the start: it cannot be sent again
     assert emitter.flush(10)  # the slow job is still running: its start is sent on its own
     assert emitter.settle(slow) is None
-    emitter.emit((succeeded, "slow", 1700000009.0))
+    emitter.finish(slow, (succeeded, "slow", 1700000009.0))
     assert emitter.flush(10)
     emitter.close()
     got = [(e["type"], e["job_id"], e.get("started_at"), e.get("args")) for e in stream_events(stream_name)]

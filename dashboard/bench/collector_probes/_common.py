@@ -177,10 +177,10 @@ def run_worker(cmd: list[str], env: dict[str, str], fill: Callable[[], None], jo
             if start is None:
                 start = client.get(f"{pre}:mark:start")
                 if start is not None:
-                    cpu0, redis0, emit0 = tree_cpu_ns(proc.pid), redis_cpu_s(client), tree_cpu_ns(proc.pid, EMITTER)
+                    (cpu0, emit0), redis0 = tree_cpu_ns(proc.pid), redis_cpu_s(client)
             end = client.get(f"{pre}:mark:end")
             if end is not None:
-                cpu1, redis1, emit1 = tree_cpu_ns(proc.pid), redis_cpu_s(client), tree_cpu_ns(proc.pid, EMITTER)
+                (cpu1, emit1), redis1 = tree_cpu_ns(proc.pid), redis_cpu_s(client)
                 break
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited early ({proc.returncode}): {tail()}")
@@ -190,13 +190,13 @@ def run_worker(cmd: list[str], env: dict[str, str], fill: Callable[[], None], jo
             raise RuntimeError(f"worker did not finish {jobs} jobs within {timeout:.0f} s: {tail()}")
         elapsed = float(end) - float(start)
         result = {"jobs": jobs, "seconds": elapsed, "jobs_per_s": jobs / elapsed}
-        if cpu0 is not None and cpu1 is not None:
+        if cpu0 and cpu1:
             # The worker's CPU (every thread of its process tree) between the sentinels, per job: with the
             # collector, its whole cost (hooks and emitter thread) is in it.
             result["cpu_us_per_job"] = (cpu1 - cpu0) / 1e3 / jobs
         if redis0 is not None and redis1 is not None:
             result["redis_cpu_us_per_job"] = (redis1 - redis0) * 1e6 / jobs
-        if emit0 is not None and emit1 is not None:  # the collector's sending thread alone
+        if emit0 and emit1:  # the collector's sending thread alone (absent without a collector)
             result["emitter_cpu_us_per_job"] = (emit1 - emit0) / 1e3 / jobs
         gc_report = client.get(f"{pre}:gc")
         if gc_report is not None:
@@ -212,7 +212,7 @@ def worker_cpus() -> set[int] | None:
     """The CPU a measured worker is pinned to: the last one, unless ``FB_BENCH_CPUS`` says (``all``: none).
 
     Unpinned, the scheduler moves the worker between the vCPUs it shares with Redis and this probe,
-    and one run's throughput differs from the next by ±12 % on a 2-vCPU VM; pinned, by ±2 %. Every
+    and one run's throughput differs from the next by ±12 % on a 2-vCPU VM; pinned, by ±2-5 %. Every
     thread of the worker shares one CPU, so its collector's emitter thread competes with the jobs
     for it: pinning can only make the collector's cost look larger.
     """
@@ -235,10 +235,10 @@ def _pin() -> None:
 EMITTER = "flowerbed-emit"
 
 
-def tree_cpu_ns(pid: int, comm: str | None = None) -> int | None:
+def tree_cpu_ns(pid: int) -> tuple[int, int]:
     """CPU time (ns) used so far by every thread of a process and its descendants (Linux schedstat),
-    or by those of its threads named ``comm``."""
-    total = 0
+    and by those of them named :data:`EMITTER`; 0 where there are none."""
+    total = emitter = 0
     pending = [pid]
     while pending:
         current = pending.pop()
@@ -248,17 +248,18 @@ def tree_cpu_ns(pid: int, comm: str | None = None) -> int | None:
             continue
         for tid in tids:
             try:
-                if comm is not None:
-                    with open(f"/proc/{current}/task/{tid}/comm") as f:
-                        named = f.read().strip() == comm
-                if comm is None or named:
-                    with open(f"/proc/{current}/task/{tid}/schedstat") as f:
-                        total += int(f.read().split()[0])
+                with open(f"/proc/{current}/task/{tid}/comm") as f:
+                    named = f.read().strip() == EMITTER
+                with open(f"/proc/{current}/task/{tid}/schedstat") as f:
+                    ns = int(f.read().split()[0])
+                total += ns
+                if named:
+                    emitter += ns
                 with open(f"/proc/{current}/task/{tid}/children") as f:
                     pending.extend(int(child) for child in f.read().split())
             except (OSError, ValueError, IndexError):
                 continue  # a thread that ended meanwhile
-    return total or None
+    return total, emitter
 
 
 def redis_cpu_s(client: Any) -> float | None:

@@ -1,0 +1,25 @@
+"""Which attempts read the CPU clock: every run of a slow or new task, one in N of fast ones."""
+
+from __future__ import annotations
+
+from collectors.runtime import CpuSampler
+
+
+def test_new_and_slow_tasks_are_always_measured_fast_ones_sampled() -> None:
+    sampler = CpuSampler(every=16, slow_s=0.001)
+    assert sampler.want("new") and sampler.want("new")  # not timed yet
+    sampler.learn("fast", 0.0002)
+    sampler.learn("slow", 0.25)
+    fast = sum(sampler.want("fast") for _ in range(160))
+    assert fast == 10
+    assert all(sampler.want("slow") for _ in range(50))
+
+
+def test_a_task_that_speeds_up_is_sampled_and_one_that_slows_down_measured_again() -> None:
+    sampler = CpuSampler(every=4, slow_s=0.001)
+    sampler.learn("t", 0.5)
+    assert all(sampler.want("t") for _ in range(8))
+    sampler.learn("t", 0.0001)
+    assert sum(sampler.want("t") for _ in range(8)) == 2
+    sampler.learn("t", 0.002)
+    assert all(sampler.want("t") for _ in range(8))
