@@ -8,8 +8,11 @@ from __future__ import annotations
 #: Version of the event protocol this package writes and accepts.
 PROTOCOL_VERSION = 1
 
-#: The single stream-entry field that holds one event as JSON.
+#: The stream-entry field that holds one event as JSON.
 EVENT_FIELD = "e"
+
+#: The stream-entry field that holds many job events of one sender as JSON rows (see ``events.ROW_COLS``).
+ROWS_FIELD = "b"
 
 #: Default stream the collectors write and the dashboard reads.
 DEFAULT_STREAM = "flowerbed:events"

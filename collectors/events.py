@@ -28,9 +28,11 @@ from .constants import (
     DEFAULT_PAYLOAD_LIMIT,
     DEFAULT_REDACT,
     DEFAULT_TRACEBACK_LIMIT,
+    EVENT_FIELD,
     MAX_EVENT_BYTES,
     PROTOCOL_VERSION,
     REDACTED,
+    ROWS_FIELD,
 )
 
 __all__ = [
@@ -54,6 +56,10 @@ __all__ = [
     "validate",
     "split_started",
     "ENDING_TYPES",
+    "ROW_COLS",
+    "rows_entry",
+    "decode_rows",
+    "entry_events",
     "preview",
     "cap_payload",
     "cap_text",
@@ -245,6 +251,11 @@ _dumps_bytes: Any = _json_bytes
 
 def _dumps(obj: Any) -> str:
     return _dumps_bytes(obj).decode()
+
+
+def dumps_bytes(obj: Any) -> bytes:
+    """JSON bytes of ``obj`` with this process's serialiser (orjson when :func:`use_fast_json` found it)."""
+    return _dumps_bytes(obj)
 
 
 def use_fast_json() -> bool:
@@ -497,6 +508,96 @@ def split_started(event: dict[str, Any]) -> dict[str, Any] | None:
     start["type"] = EventType.JOB_STARTED
     start["ts"] = started_at
     return start
+
+
+# --- rows: many job events of one sender in one entry --------------------------------------------
+
+#: A row's columns, in order, as the collectors write them; ``x`` holds any other fields (an object, or
+#: null). An entry names its columns (``cols``), and readers go by those, so columns can be added.
+ROW_COLS: Final = (
+    "type", "ts", "job_id", "task", "queue", "attempt", "max_attempts", "started_at", "duration_ms",
+    "cpu_ms", "enqueued_at", "correlation_id", "args", "payload_bytes", "trace_id", "span_id", "x",
+)
+#: Fields a rows entry carries once, for every row.
+_ROWS_HEAD: Final = ("v", "lib", "app", "host", "pid", "worker")
+#: Most rows in one entry (each is at most a few KiB: every column but ``x`` is capped).
+MAX_ROWS: Final = 512
+
+
+def rows_entry(batch_id: str, identity: tuple[str, str, str, int, str], rows: list[Any]) -> dict[str, Any]:
+    """The object a ``b`` entry holds: the sender once, ``cols``, and one list per event in ``rows``.
+
+    Event ``i`` of it is the sender's fields plus its row's non-null columns (``x``'s members
+    added), with id ``<batch id>.<i>``: a batch resent after a lost reply gives the same ids.
+    """
+    lib, app, host, pid, worker = identity
+    return {"v": PROTOCOL_VERSION, "id": batch_id, "lib": lib, "app": app, "host": host, "pid": pid,
+            "worker": worker, "cols": ROW_COLS, "rows": rows}
+
+
+def decode_rows(data: bytes | str, loads: Any = json.loads) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """The valid events of a ``b`` entry, and ``(row index, reason)`` for each row that is not one.
+
+    Raises :class:`InvalidEvent` when the entry as a whole is malformed (its rows cannot be read).
+    """
+    if len(data) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"entry is {len(data)} bytes, over the {MAX_EVENT_BYTES}-byte limit")
+    try:
+        obj = loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidEvent(f"not JSON: {exc}") from None
+    if type(obj) is not dict:
+        raise InvalidEvent(f"rows entry is a JSON {type(obj).__name__}, not an object")
+    cols, rows, batch_id = obj.get("cols"), obj.get("rows"), obj.get("id")
+    if type(batch_id) is not str or not batch_id or len(batch_id) > MAX_ID_CHARS - 8:
+        raise InvalidEvent("rows entry has no valid 'id'")
+    if type(cols) is not list or not all(type(c) is str for c in cols) or len(set(cols)) != len(cols):
+        raise InvalidEvent("rows entry's 'cols' must be a list of distinct names")
+    clash = set(cols) & (set(_ROWS_HEAD) | {"id"})
+    if clash:
+        raise InvalidEvent(f"rows entry's 'cols' name entry fields: {sorted(clash)}")
+    if type(rows) is not list:
+        raise InvalidEvent("rows entry's 'rows' must be a list")
+    head = {k: obj.get(k) for k in _ROWS_HEAD}
+    width = len(cols)
+    events: list[dict[str, Any]] = []
+    bad: list[tuple[int, str]] = []
+    for i, row in enumerate(rows):
+        if type(row) is not list or len(row) != width:
+            bad.append((i, f"row {i} is not a list of {width} values"))
+            continue
+        event = dict(head)
+        for name, value in zip(cols, row):
+            if value is not None:
+                event[name] = value
+        extra = event.pop("x", None)
+        if extra is not None:
+            if type(extra) is not dict:
+                bad.append((i, f"row {i}: 'x' must be an object"))
+                continue
+            for name, value in extra.items():
+                if name not in event and name not in _ROWS_HEAD:
+                    event[name] = value
+        event["id"] = f"{batch_id}.{i}"
+        try:
+            events.append(validate(event))
+        except InvalidEvent as exc:
+            bad.append((i, f"row {i}: {exc.reason}"))
+    return events, bad
+
+
+def entry_events(fields: Mapping[Any, Any], loads: Any = json.loads) -> list[dict[str, Any]]:
+    """Every event one stream entry holds (``e``: one; ``b``: its rows), as written: a reader that wants
+    an attempt's start back from its end applies :func:`split_started`. Raises :class:`InvalidEvent`."""
+    for e_key, b_key in ((EVENT_FIELD, ROWS_FIELD), (EVENT_FIELD.encode(), ROWS_FIELD.encode())):
+        if e_key in fields:
+            return [decode(fields[e_key], loads)]
+        if b_key in fields:
+            events, bad = decode_rows(fields[b_key], loads)
+            if bad:
+                raise InvalidEvent(bad[0][1])
+            return events
+    raise InvalidEvent(f"entry has neither an {EVENT_FIELD!r} nor a {ROWS_FIELD!r} field")
 
 
 def _type_name(allowed: tuple[type, ...]) -> str:

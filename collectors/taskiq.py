@@ -31,7 +31,8 @@ except ImportError as exc:  # pragma: no cover - depends on the user's environme
     ) from exc
 
 from .config import CollectorConfig
-from .events import EventType
+from .emitter import row_builder
+from .events import ROW_COLS, EventType, preview
 from .runtime import (
     CpuSampler,
     Heartbeat,
@@ -61,6 +62,7 @@ _MAX_TRACKED = 10_000
 _now = time.time
 _perf = time.perf_counter
 _process_time = time.process_time
+_ENQUEUED = EventType.JOB_ENQUEUED
 _STARTED = EventType.JOB_STARTED
 _SUCCEEDED = EventType.JOB_SUCCEEDED
 
@@ -108,99 +110,83 @@ def _attempt_of(labels: dict[str, Any]) -> int:
 class _Running:
     """One attempt between pre_execute and post_execute, as the worker snapshots it on the job's path.
 
-    Keeps the message and clocks; queue, max_attempts and enqueue time are read from the message's
-    labels when an event is built (for a success, on the emitter's thread).
+    Keeps the message, clocks and start time; queue, max_attempts and enqueue time are read from
+    the message's labels when its row is built, on the emitter's thread.
     """
 
-    __slots__ = ("message", "seq", "attempt", "t0", "cpu0", "token")
+    __slots__ = ("message", "seq", "attempt", "t0", "cpu0", "token", "ts", "trace")
 
-    def __init__(self, message: Any, seq: int, attempt: int, t0: float, cpu0: float | None, token: Any) -> None:
+    def __init__(self, message: Any, seq: int, attempt: int, t0: float, cpu0: float | None, token: Any,
+                 ts: float, trace: dict[str, str] | None) -> None:
         self.message = message
         self.seq = seq
         self.attempt = attempt
         self.t0 = t0
         self.cpu0 = cpu0
         self.token = token
+        self.ts = ts
+        self.trace = trace
 
 
-# --- events completed on the emitter's thread (see Emitter: deferred events) ----------------------
+# --- rows completed on the emitter's thread (see Emitter: deferred events, rows) ---------------------
 
 
-def _enqueued_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
-    _, collector, message, size, ts, trace = item
-    labels = message.labels
-    fields = {
-        "job_id": message.task_id,
-        "task": message.task_name,
-        "queue": collector._queue(labels),
-        "attempt": _int(labels.get("_retries"), 0) + 1,
-        "max_attempts": collector._max_attempts(labels),
-        "enqueued_at": _float(labels.get(LABEL_ENQUEUED_AT)),
-        "payload_bytes": size,
-        "correlation_id": labels.get(LABEL_CORRELATION),
-        "args_raw": message.args,
-        "kwargs_raw": message.kwargs,
-        "schedule_id": labels.get("schedule_id"),
-        "ts": ts,
-    }
-    if trace:
-        fields.update(trace)
-    return collector.recorder.identity, EventType.JOB_ENQUEUED, fields
-
-
-def _started_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
-    _, collector, state, ts, trace = item
-    message = state.message
+def _row(collector: Collector, etype: str, ts: float, message: Any, attempt: int | None,
+         trace: dict[str, str] | None) -> list[Any]:
+    """A job event of ``message`` in ``ROW_COLS`` order; the caller fills in timings, args and size."""
     labels = message.labels
     task_id = message.task_id
-    fields = {
-        "job_id": task_id,
-        "task": message.task_name,
-        "attempt": state.attempt,
-        "max_attempts": collector._max_attempts(labels),
-        "correlation_id": labels.get(LABEL_CORRELATION) or task_id,
-        "args_raw": message.args,  # references: redaction and truncation run on this thread
-        "kwargs_raw": message.kwargs,
-        "ts": ts,
-    }
-    _add_optional(fields, collector, labels)
-    if trace:
-        fields.update(trace)
-    return collector.recorder.identity, _STARTED, fields
+    return [
+        etype, ts, task_id, message.task_name, collector._queue(labels), attempt,
+        collector._max_attempts(labels), None, None, None, _float(labels.get(LABEL_ENQUEUED_AT)),
+        labels.get(LABEL_CORRELATION) or task_id, None, None,
+        None if trace is None else trace.get("trace_id"), None if trace is None else trace.get("span_id"), None,
+    ]
 
 
-def _add_optional(fields: dict[str, Any], collector: Collector, labels: dict[str, Any]) -> None:
-    """queue and enqueued_at when set: an event without None values is encoded without a filtering copy."""
-    queue = collector._queue(labels)
-    if queue is not None:
-        fields["queue"] = queue
-    enqueued_at = _float(labels.get(LABEL_ENQUEUED_AT))
-    if enqueued_at is not None:
-        fields["enqueued_at"] = enqueued_at
+@row_builder
+def _enqueued_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    _, collector, message, size, ts, trace = item
+    labels = message.labels
+    row = _row(collector, _ENQUEUED, ts, message, _int(labels.get("_retries"), 0) + 1, trace)
+    row[_ARGS] = preview(message.args, message.kwargs, collector.recorder.emitter.redactor)
+    row[_SIZE] = size
+    schedule_id = labels.get("schedule_id")
+    if schedule_id is not None:
+        row[_X] = {"schedule_id": schedule_id}
+    return collector.recorder.identity, row
 
 
-def _succeeded_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
-    _, collector, message, state, t1, cpu1, ts = item
-    if state is None:
-        fields = collector._outcome_fields(message, state, t1, cpu1)
-    else:
-        labels = message.labels
-        fields = {
-            "job_id": message.task_id,
-            "task": message.task_name,
-            "attempt": state.attempt,
-            "max_attempts": collector._max_attempts(labels),
-            "duration_ms": round((t1 - state.t0) * 1000.0, 3),
-        }
-        collector._cpu.learn(message.task_name, t1 - state.t0)
-        correlation = labels.get(LABEL_CORRELATION)
-        if correlation is not None:
-            fields["correlation_id"] = correlation
-        if cpu1 is not None and state.cpu0 is not None:
-            fields["cpu_ms"] = round((cpu1 - state.cpu0) * 1000.0, 3)
-        _add_optional(fields, collector, labels)
-    fields["ts"] = ts
-    return collector.recorder.identity, _SUCCEEDED, fields
+@row_builder
+def _started_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """A start sent on its own: its job was still running when the emitter sent."""
+    _, collector, state = item
+    message = state.message
+    row = _row(collector, _STARTED, state.ts, message, state.attempt, state.trace)
+    row[_ARGS] = preview(message.args, message.kwargs, collector.recorder.emitter.redactor)
+    return collector.recorder.identity, row
+
+
+@row_builder
+def _succeeded_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """An attempt's success; one that carries its start too (``started_at``, args) when ``alone``."""
+    _, collector, message, state, t1, cpu1, ts, alone = item
+    if state is None:  # a post_execute without its pre_execute (another middleware skipped it)
+        return collector.recorder.identity, _row(collector, _SUCCEEDED, ts, message, None, None)
+    duration = t1 - state.t0
+    row = _row(collector, _SUCCEEDED, ts, message, state.attempt, state.trace)
+    row[_DURATION] = round(duration * 1000.0, 3)
+    collector._cpu.learn(message.task_name, duration)
+    if cpu1 is not None and state.cpu0 is not None:
+        row[_CPU] = round((cpu1 - state.cpu0) * 1000.0, 3)
+    if alone:
+        row[_STARTED_AT] = state.ts
+        row[_ARGS] = preview(message.args, message.kwargs, collector.recorder.emitter.redactor)
+    return collector.recorder.identity, row
+
+
+_ARGS, _SIZE, _X = ROW_COLS.index("args"), ROW_COLS.index("payload_bytes"), ROW_COLS.index("x")
+_DURATION, _CPU, _STARTED_AT = ROW_COLS.index("duration_ms"), ROW_COLS.index("cpu_ms"), ROW_COLS.index("started_at")
 
 
 class _SizingFormatter:
@@ -355,7 +341,7 @@ class Collector(TaskiqMiddleware):
             size = self._sizes.pop(task_id, None)
             rec = self.recorder
             if rec.config.enabled:
-                rec.emitter.emit((_enqueued_event, self, message, size, _now(), current_trace()))
+                rec.emitter.emit((_enqueued_row, self, message, size, _now(), current_trace()))
         except Exception:
             hook_failed("taskiq.post_send")
 
@@ -371,7 +357,8 @@ class Collector(TaskiqMiddleware):
             # CPU time is per process: only attributable to a job that no other overlaps, so the
             # clock (a system call, ~0.8 µs) is read only then, and only for a sample (CpuSampler).
             cpu0 = _process_time() if rec.inflight == 1 and self._cpu.want(message.task_name) else None
-            state = _Running(message, seq, _attempt_of(labels), _perf(), cpu0, _current_job.set(message))
+            state = _Running(message, seq, _attempt_of(labels), _perf(), cpu0, _current_job.set(message), _now(),
+                             current_trace())
             running = self._running
             if len(running) >= _MAX_TRACKED:
                 running.clear()
@@ -379,7 +366,7 @@ class Collector(TaskiqMiddleware):
             labels[LABEL_RUN] = run
             running[run] = state
             if rec.config.enabled:  # held: a job that ends before the next send costs one event
-                rec.emitter.begin(state, (_started_event, self, state, _now(), current_trace()))
+                rec.emitter.begin(state, (_started_row, self, state))
         except Exception:
             hook_failed("taskiq.pre_execute")
         return message
@@ -430,8 +417,9 @@ class Collector(TaskiqMiddleware):
                     cpu1 = _process_time()
             error = result.error if result.is_err else None
             if error is None or isinstance(exc, NoResultError):
-                if rec.config.enabled:
-                    rec.emitter.finish(state, (_succeeded_event, self, message, state, t1, cpu1, _now()))
+                if rec.config.enabled:  # its start folded in when that was never sent
+                    alone = state is not None and rec.emitter.settle(state) is not None
+                    rec.emitter.emit((_succeeded_row, self, message, state, t1, cpu1, _now(), alone))
                 return
             rec.emitter.release(state)  # a failure is sent as two events, as it always was
             self._failed(message, state, t1, cpu1, error, exc, retry_delay)

@@ -13,8 +13,16 @@ from typing import Any
 
 import orjson
 
-from collectors.constants import EVENT_FIELD
-from collectors.events import JOB_TYPES, SCHEDULE_TYPES, WORKER_TYPES, InvalidEvent, decode, split_started
+from collectors.constants import EVENT_FIELD, ROWS_FIELD
+from collectors.events import (
+    JOB_TYPES,
+    SCHEDULE_TYPES,
+    WORKER_TYPES,
+    InvalidEvent,
+    decode,
+    decode_rows,
+    split_started,
+)
 from dashboard.store.keys import event_key
 
 __all__ = ["Batch", "JobKey", "QUARANTINE_RAW_LIMIT"]
@@ -23,6 +31,7 @@ JobKey = tuple[str, str, str]
 #: Raw text kept for a quarantined entry.
 QUARANTINE_RAW_LIMIT = 64 * 1024
 _FIELD = EVENT_FIELD.encode()
+_ROWS = ROWS_FIELD.encode()
 _OTHER_TYPES = WORKER_TYPES | SCHEDULE_TYPES
 
 
@@ -40,7 +49,7 @@ class Batch:
     quarantine: list[tuple[str, float, str, str | None, int | None]] = field(default_factory=list)
     #: Valid events of unknown types with no job id: counted, otherwise ignored.
     ignored: int = 0
-    #: Valid entries read (duplicates included).
+    #: Valid events read (duplicates included; an end carrying its start counts twice).
     valid: int = 0
 
     def __len__(self) -> int:
@@ -54,49 +63,74 @@ class Batch:
         dicts cost more than the rest of the read).
         """
         now = time.time()
-        groups, others = self.jobs, self.others
         self.ids.extend([entry[0] for entry in entries])
         loads, valid = orjson.loads, 0
         for sid, fields in entries:
             if fields is None:  # a pending entry trimmed from the stream before anyone applied it
                 self._reject(sid, now, "entry was trimmed from the stream before it was applied", None)
                 continue
+            rows = None
             if type(fields) is list:
                 if len(fields) == 2 and fields[0] == _FIELD:
                     raw = fields[1]
+                elif len(fields) == 2 and fields[0] == _ROWS:
+                    raw, rows = None, fields[1]
                 else:
                     fields = dict(zip(fields[::2], fields[1::2]))
-                    raw = fields.get(_FIELD)
+                    raw, rows = fields.get(_FIELD), fields.get(_ROWS)
             else:
-                raw = fields.get(_FIELD)
-            if raw is None:
-                self._reject(sid, now, f"entry has no {EVENT_FIELD!r} field", fields)
-                continue
-            try:
-                event = decode(raw, loads)
-            except InvalidEvent as exc:
-                self._reject(sid, now, exc.reason, raw)
-                continue
-            valid += 1
-            etype = event["type"]
-            job_id = event.get("job_id")
-            if type(job_id) is str and (etype in JOB_TYPES or etype not in _OTHER_TYPES):
-                key = (event["lib"], event["app"], job_id)
-                item = (event_key(event["id"]), event)
-                group = groups.get(key)
-                if group is None:
-                    group = groups[key] = []
-                if "started_at" in event:  # one event for the attempt's start and end: two again
-                    start = split_started(event)
-                    if start is not None:
-                        group.append((event_key(start["id"]), start))
-                        valid += 1
-                group.append(item)
-            elif etype in _OTHER_TYPES:
-                others.append(event)
+                raw, rows = fields.get(_FIELD), fields.get(_ROWS)
+            if raw is not None:
+                try:
+                    event = decode(raw, loads)
+                except InvalidEvent as exc:
+                    self._reject(sid, now, exc.reason, raw)
+                    continue
+                valid += self._add(event)
+            elif rows is not None:
+                try:
+                    events, bad = decode_rows(rows, loads)
+                except InvalidEvent as exc:
+                    self._reject(sid, now, exc.reason, rows)
+                    continue
+                for event in events:
+                    valid += self._add(event)
+                if bad:
+                    self._reject_rows(sid, now, bad, rows, loads)
             else:
-                self.ignored += 1
+                self._reject(sid, now, f"entry has no {EVENT_FIELD!r} or {ROWS_FIELD!r} field", fields)
         self.valid += valid
+
+    def _add(self, event: dict[str, Any]) -> int:
+        """File one valid event; how many events it counts for (an end that carries its start: two)."""
+        etype = event["type"]
+        job_id = event.get("job_id")
+        if type(job_id) is str and (etype in JOB_TYPES or etype not in _OTHER_TYPES):
+            key = (event["lib"], event["app"], job_id)
+            item = (event_key(event["id"]), event)
+            group = self.jobs.get(key)
+            if group is None:
+                group = self.jobs[key] = []
+            counted = 1
+            if "started_at" in event:  # one event for the attempt's start and end: two again
+                start = split_started(event)
+                if start is not None:
+                    group.append((event_key(start["id"]), start))
+                    counted = 2
+            group.append(item)
+            return counted
+        if etype in _OTHER_TYPES:
+            self.others.append(event)
+        else:
+            self.ignored += 1
+        return 1
+
+    def _reject_rows(self, sid: bytes, now: float, bad: list[tuple[int, str]], raw: Any, loads: Any) -> None:
+        """Quarantine each bad row of a rows entry on its own (``<stream id>#<row>``), with its text."""
+        rows = loads(raw).get("rows")
+        for index, reason in bad:
+            text = orjson.dumps(rows[index]) if 0 <= index < len(rows) else b""
+            self._reject(f"{_text(sid)}#{index}".encode(), now, reason, text)
 
     def _reject(self, sid: bytes, now: float, reason: str, raw: Any) -> None:
         if raw is None:

@@ -6,7 +6,6 @@ clients; polling the stream, stopping processes and cleaning up are the same for
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from typing import Any, Callable
 
 import redis
 
-from collectors.events import split_started, validate
+from collectors.events import entry_events, split_started, validate
 from tests.conftest import REDIS_URL, ROOT
 
 Events = list[dict[str, Any]]
@@ -70,11 +69,11 @@ class Lab:
         an attempt's end that carries its start (``started_at``) counts as both events."""
         out: Events = []
         for _, fields in self.redis.xrange(self.stream):
-            event = validate(json.loads(fields[b"e"]))
-            start = split_started(event)
-            if start is not None:
-                out.append(validate(start))
-            out.append(event)
+            for event in entry_events(fields):
+                start = split_started(event)
+                if start is not None:
+                    out.append(validate(start))
+                out.append(event)
         return out
 
     def wait(self, check: Callable[[Events], Any], timeout: float = 30.0) -> Events:

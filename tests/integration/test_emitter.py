@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from collectors.constants import MAX_EVENT_BYTES
-from collectors.emitter import Emitter
-from collectors.events import build, decode
+from collectors.emitter import Emitter, row_builder
+from collectors.events import ROW_COLS, build, entry_events
 from tests.conftest import REDIS_URL, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def stream_events(stream: str, url: str = REDIS_URL) -> list[dict]:
     client = redis.Redis.from_url(url)
     try:
-        return [decode(fields[b"e"]) for _, fields in client.xrange(stream)]
+        return [event for _, fields in client.xrange(stream) for event in entry_events(fields)]
     finally:
         client.close()
 
@@ -317,3 +317,47 @@ def test_a_job_that_ends_before_the_next_send_costs_one_event(stream_name: str) 
         ("job-succeeded", "slow", None, None),
     ]
     assert emitter.sent == emitter.emitted == 3 and emitter.dropped == 0
+
+
+def _started_row(item: tuple) -> tuple:
+    """A row builder as the collectors write them: ``(identity, row)``, the row in ``ROW_COLS`` order."""
+    _, identity, job_id, ts, args = item
+    row: list = [None] * len(ROW_COLS)
+    row[ROW_COLS.index("type")], row[ROW_COLS.index("ts")] = "job-started", ts
+    row[ROW_COLS.index("job_id")], row[ROW_COLS.index("args")] = job_id, args
+    row[ROW_COLS.index("x")] = {"pool": "threads"}
+    return identity, row
+
+
+row_builder(_started_row)
+
+
+@pytest.mark.parametrize("raw_path", [True, False], ids=["raw", "pipeline"])
+def test_rows_of_one_sender_share_an_entry_and_big_ones_are_split(stream_name: str, raw_path: bool) -> None:
+    """Rows go out as ``b`` entries, one per sender and at most MAX_ROWS or MAX_EVENT_BYTES each, beside plain
+    events; every row reads back as its own event with its sender's identity and a distinct id."""
+    emitter = Emitter(REDIS_URL, stream_name, maxlen=0, flush_interval=5.0, batch_size=5000, buffer_size=10_000)
+    emitter._raw_ok = raw_path
+    a = ("celery", "shop", "host-1", 42, "host-1:42:a")
+    b = ("celery", "shop", "host-2", 43, "host-2:43:b")
+    big = "x" * 2000
+    for i in range(1200):
+        emitter.emit((_started_row, a, f"a{i}", 1700000000.0 + i, big if i < 300 else '{"args":[1]}'))
+        if i % 100 == 0:
+            emitter.emit((_started_row, b, f"b{i}", 1700000000.0, None))
+            emitter.emit(job_event(i))
+    assert emitter.flush(10)
+    emitter.close()
+    client = redis.Redis.from_url(REDIS_URL)
+    entries = client.xrange(stream_name)
+    client.close()
+    kinds = [next(iter(fields)) for _, fields in entries]
+    assert kinds.count(b"e") == 12 and 4 <= kinds.count(b"b") <= 8
+    assert all(len(fields[b"b"]) <= MAX_EVENT_BYTES for _, fields in entries if b"b" in fields)
+    got = stream_events(stream_name)
+    rows = [e for e in got if e["type"] == "job-started" and e["job_id"][0] in "ab"]
+    assert sorted(e["job_id"] for e in rows) == sorted([f"a{i}" for i in range(1200)] + [f"b{i}" for i in range(0, 1200, 100)])
+    assert len({e["id"] for e in got}) == len(got) == 1200 + 12 + 12
+    first = next(e for e in rows if e["job_id"] == "b100")
+    assert (first["host"], first["pid"], first["worker"], first["pool"]) == ("host-2", 43, "host-2:43:b", "threads")
+    assert "args" not in first and emitter.sent == emitter.emitted == len(got) and emitter.dropped == 0

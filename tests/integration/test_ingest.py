@@ -12,12 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis
 
 from collectors.constants import CONSUMER_GROUP
 from collectors.emitter import Emitter
-from collectors.events import build
+from collectors.events import ROW_COLS, build, rows_entry
 from dashboard.config import Settings
 from dashboard.ingest import run_ingest
 
@@ -364,3 +365,39 @@ def test_an_end_that_carries_its_start_is_stored_as_both(client: redis.Redis, st
 def _unix(value: Any) -> float:
     """A stored time as unix seconds (SQLite keeps floats, PostgreSQL timestamps)."""
     return value.timestamp() if hasattr(value, "timestamp") else float(value)
+
+
+def test_a_rows_entry_is_stored_as_its_events_and_a_bad_row_is_quarantined_alone(
+        client: redis.Redis, stream: str, store_url: str) -> None:
+    """A collector sends a busy worker's job events as rows of one ``b`` entry: each row is one event
+    (an end carrying ``started_at`` two), a row that is no valid event goes to quarantine by itself,
+    and a redelivery of the entry adds nothing."""
+    t0 = time.time() - 5
+    identity = ("celery", "shop", "h1", 42, "w1")
+
+    def row(**fields: Any) -> list[Any]:
+        return [fields.get(c) for c in ROW_COLS]
+
+    rows = [
+        row(type="job-succeeded", ts=t0 + 1.5, job_id="r1", task="tasks.add", queue="q", attempt=1,
+            started_at=t0 + 1.0, duration_ms=500.0, args='{"args":[1]}', x={"result": "3"}),
+        row(type="job-started", ts=t0 + 2.0, job_id="r2", task="tasks.add", attempt=1),
+        row(type="job-started", ts="soon", job_id="r3", task="tasks.add"),  # not a valid event
+    ]
+    client.xadd(stream, {"b": orjson.dumps(rows_entry("batch-1", identity, rows))})
+    settings = settings_for(stream, store_url)
+    with ingesting(settings):
+        wait_until(lambda: acked_all(client, stream, 1), what="the entry acknowledged")
+    client.xgroup_destroy(stream, CONSUMER_GROUP)
+    with ingesting(settings):
+        wait_until(lambda: acked_all(client, stream, 1), what="second pass")
+    assert query(store_url, "SELECT job_id, state, worker, args FROM jobs ORDER BY job_id") == [
+        ("r1", "succeeded", "w1", '{"args":[1]}'), ("r2", "running", "w1", None)]
+    timeline = query(store_url, "SELECT e.type, e.extra FROM job_events e JOIN jobs j ON j.id = e.job "
+                                "WHERE j.job_id = 'r1' ORDER BY e.ts")
+    assert [t for t, _ in timeline] == ["job-started", "job-succeeded"]
+    assert '"result"' in timeline[1][1]  # a row's extra fields (x) are the event's own
+    [(sid, reason, raw)] = query(store_url, "SELECT stream_id, reason, raw FROM quarantine")[:1]
+    assert sid.endswith("#2") and "'ts'" in reason and '"r3"' in raw
+    meta = dict(query(store_url, "SELECT key, value FROM meta"))
+    assert meta["events_ingested"] == 3 and meta["duplicates"] == 3

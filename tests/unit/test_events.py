@@ -159,3 +159,36 @@ def test_started_at_means_nothing_on_other_types_or_out_of_range() -> None:
     assert events.split_started(build("job-failed", "arq", "a", job_id="j", started_at=float("nan"))) is None
     with pytest.raises(InvalidEvent, match="started_at"):
         validate(build("job-failed", "arq", "a", job_id="j", started_at="soon"))
+
+
+def _rows_data(rows_: list, **changes: object) -> bytes:
+    entry = events.rows_entry("b1", ("dramatiq", "shop", "h", 7, "h:7:w"), rows_)
+    entry.update(changes)
+    return json.dumps(entry).encode()
+
+
+def test_rows_read_back_as_events_with_derived_ids() -> None:
+    row = [None] * len(events.ROW_COLS)
+    row[:3] = ["job-started", 1700000000.0, "j1"]
+    row[-1] = {"pool": "threads", "worker": "not-this"}  # x adds fields, never the sender's
+    got, bad = events.decode_rows(_rows_data([row, list(row)]))
+    assert bad == []
+    assert [e["id"] for e in got] == ["b1.0", "b1.1"]
+    assert got[0] == {"v": 1, "lib": "dramatiq", "app": "shop", "host": "h", "pid": 7, "worker": "h:7:w",
+                      "type": "job-started", "ts": 1700000000.0, "job_id": "j1", "pool": "threads", "id": "b1.0"}
+
+
+def test_bad_rows_are_reported_alone_and_bad_entries_as_a_whole() -> None:
+    good = ["job-started", 1.0, "j1"] + [None] * (len(events.ROW_COLS) - 3)
+    got, bad = events.decode_rows(_rows_data([good, ["job-started"], good[:2] + [None] + good[3:]]))
+    assert [e["job_id"] for e in got] == ["j1"]
+    assert [i for i, _ in bad] == [1, 2] and "not a list" in bad[0][1] and "job_id" in bad[1][1]
+    for data, reason in [
+        (b"[", "not JSON"),
+        (_rows_data([good], cols="type"), "'cols'"),
+        (_rows_data([good], cols=["type", "id"]), "entry fields"),
+        (_rows_data([good], id=None), "'id'"),
+        (_rows_data([good], rows={}), "'rows'"),
+    ]:
+        with pytest.raises(InvalidEvent, match=reason):
+            events.decode_rows(data)
