@@ -70,7 +70,19 @@ from typing import Any, Callable
 
 from .config import CollectorConfig
 from .constants import HEARTBEAT_INTERVAL_S
-from .events import EventType, cap_text
+from .emitter import row_builder
+from .events import (
+    C_ARGS,
+    C_DURATION,
+    C_ENQUEUED_AT,
+    C_ETA,
+    C_STARTED_AT,
+    C_X,
+    EventType,
+    cap_text,
+    job_row,
+    preview,
+)
 from .runtime import (
     Heartbeat,
     LoopLagMonitor,
@@ -249,10 +261,12 @@ class _Run:
     spec and the worker's settings whenever they are needed.
     """
 
-    __slots__ = ("spec", "job_id", "attempt", "args", "kwargs", "t0", "enqueue_time", "score")
+    __slots__ = ("spec", "job_id", "attempt", "args", "kwargs", "t0", "enqueue_time", "score", "ts", "trace")
 
     def __init__(self, spec: _JobSpec, job_id: str, attempt: int, args: tuple[Any, ...], kwargs: dict[str, Any],
-                 t0: float, enqueue_time: Any, score: Any) -> None:
+                 t0: float, enqueue_time: Any, score: Any, ts: float, trace: dict[str, str] | None) -> None:
+        self.ts = ts
+        self.trace = trace
         self.spec = spec
         self.job_id = job_id
         self.attempt = attempt
@@ -267,33 +281,53 @@ _now = time.time
 _monotonic = time.monotonic
 
 
-# --- events completed on the emitter's thread (see Emitter: deferred events) ----------------------
+# --- rows completed on the emitter's thread (see Emitter: deferred events, rows) ---------------------
 
 
-def _started_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
-    _, state, run, ts, trace = item
-    fields = state._job_fields(run.spec, run)
-    fields["args_raw"] = run.args
-    fields["kwargs_raw"] = run.kwargs
-    fields["ts"] = ts
+def _row(state: _WorkerState, etype: str, ts: float, run: _Run) -> list[Any]:
+    spec = run.spec
+    row = job_row(etype, ts, run.job_id, spec.name, state.worker.queue_name, run.attempt,
+                  state._max_attempts(spec), None, run.trace)
+    if spec.cron:
+        row[C_X] = {"schedule": spec.name}
+    return row
+
+
+def _add_start(state: _WorkerState, row: list[Any], run: _Run) -> None:
+    """What only the start reports: arguments, enqueue time, the time it was deferred to."""
+    row[C_ARGS] = preview(run.args, run.kwargs, state.recorder.emitter.redactor)
     enqueue_time, score = run.enqueue_time, run.score
     if isinstance(enqueue_time, datetime):
-        fields["enqueued_at"] = enqueue_time.timestamp()
+        row[C_ENQUEUED_AT] = enqueue_time.timestamp()
     if isinstance(score, (int, float)):
-        fields["eta"] = score / 1000.0
-    if trace:
-        fields.update(trace)
-    return state.recorder.identity, EventType.JOB_STARTED, fields
+        row[C_ETA] = score / 1000.0
 
 
-def _succeeded_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
-    _, state, run, t1, result, ts = item
-    fields = state._job_fields(run.spec, run)
-    fields["duration_ms"] = round((t1 - run.t0) * 1000.0, 3)
-    fields["ts"] = ts
+@row_builder
+def _started_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """A start sent on its own: its job was still running when the emitter sent."""
+    _, state, run = item
+    row = _row(state, EventType.JOB_STARTED, run.ts, run)
+    _add_start(state, row, run)
+    return state.recorder.identity, row
+
+
+@row_builder
+def _succeeded_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """An attempt's success; one that carries its start too (``started_at``, args) when ``alone``."""
+    _, state, run, t1, result, ts, alone = item
+    row = _row(state, EventType.JOB_SUCCEEDED, ts, run)
+    row[C_DURATION] = round((t1 - run.t0) * 1000.0, 3)
     if result is not None:
-        fields["result"] = result
-    return state.recorder.identity, EventType.JOB_SUCCEEDED, fields
+        x = row[C_X]
+        if x is None:
+            row[C_X] = {"result": result}
+        else:
+            x["result"] = result
+    if alone:
+        row[C_STARTED_AT] = run.ts
+        _add_start(state, row, run)
+    return state.recorder.identity, row
 
 
 # --- the Worker class patches ------------------------------------------------------------------
@@ -592,11 +626,11 @@ class _WorkerState:
         try:
             get = ctx.get
             run = _Run(spec, str(ctx["job_id"]), int(get("job_try") or 1), args, kwargs, _monotonic(),
-                       get("enqueue_time"), get("score"))
+                       get("enqueue_time"), get("score"), _now(), current_trace())
             rec = self.recorder
             rec.inflight += 1  # one event loop, one thread: no lock
             if rec.config.enabled:  # held: a job that ends before the next send costs one event
-                rec.emitter.begin(run, (_started_event, self, run, _now(), current_trace()))
+                rec.emitter.begin(run, (_started_row, self, run))
             return run
         except Exception:
             hook_failed("arq job start")
@@ -628,8 +662,9 @@ class _WorkerState:
                     preview = f"<{type(result).__name__}>"
             self._count(True)
             rec = self.recorder
-            if rec.config.enabled:
-                rec.emitter.finish(run, (_succeeded_event, self, run, t1, preview, _now()))
+            if rec.config.enabled:  # its start folded in when that was never sent
+                alone = rec.emitter.settle(run) is not None
+                rec.emitter.emit((_succeeded_row, self, run, t1, preview, _now(), alone))
         except Exception:
             hook_failed("arq job end")
 

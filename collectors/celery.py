@@ -31,7 +31,19 @@ except ImportError as exc:  # pragma: no cover - depends on the user's environme
     ) from exc
 
 from .config import CollectorConfig
-from .events import EventType
+from .emitter import row_builder
+from .events import (
+    C_ARGS,
+    C_CPU,
+    C_DURATION,
+    C_ENQUEUED_AT,
+    C_ETA,
+    C_STARTED_AT,
+    C_TASK,
+    EventType,
+    job_row,
+    preview,
+)
 from .runtime import (
     CpuSampler,
     Heartbeat,
@@ -105,10 +117,12 @@ class _Running:
     makes a new one for every run and does not change it afterwards.
     """
 
-    __slots__ = ("task", "job_id", "req", "attempt", "args", "kwargs", "t0", "cpu0")
+    __slots__ = ("task", "job_id", "req", "attempt", "args", "kwargs", "t0", "cpu0", "ts", "trace")
 
     def __init__(self, task: Any, job_id: Any, req: Any, attempt: int, args: Any, kwargs: Any, t0: float,
-                 cpu0: float | None) -> None:
+                 cpu0: float | None, ts: float, trace: dict[str, str] | None) -> None:
+        self.ts = ts
+        self.trace = trace
         self.task = task
         self.job_id = job_id
         self.req = req
@@ -151,58 +165,47 @@ class _Running:
         }
 
 
-# --- events completed on the emitter's thread (see Emitter: deferred events) ----------------------
+# --- rows completed on the emitter's thread (see Emitter: deferred events, rows) ---------------------
 
 
-def _optional(fields: dict[str, Any], state: _Running) -> None:
-    """Add queue, max_attempts and enqueued_at when set: an event without None values is encoded
-    without a filtering copy."""
-    queue = state.queue
-    if queue is not None:
-        fields["queue"] = queue
-    max_attempts = state.max_attempts
-    if max_attempts is not None:
-        fields["max_attempts"] = max_attempts
-    enqueued_at = state.enqueued_at
-    if enqueued_at is not None:
-        fields["enqueued_at"] = enqueued_at
+def _row(etype: str, ts: float, state: _Running, task: Any) -> list[Any]:
+    row = job_row(etype, ts, state.job_id, getattr(task, "name", None), state.queue, state.attempt,
+                  state.max_attempts, state.corr, state.trace)
+    row[C_ENQUEUED_AT] = state.enqueued_at
+    return row
 
 
-def _started_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
-    _, collector, state, ts, trace = item
-    fields = {
-        "job_id": state.job_id,
-        "task": state.task.name,
-        "attempt": state.attempt,
-        "correlation_id": state.corr,
-        "args_raw": state.args,  # references: redaction and truncation run on this thread
-        "kwargs_raw": state.kwargs,
-    }
-    _optional(fields, state)
+def _add_start(collector: CeleryCollector, row: list[Any], state: _Running) -> None:
+    """What only the start reports: arguments and the eta."""
+    row[C_ARGS] = preview(state.args, state.kwargs, collector.recorder.emitter.redactor)
     eta = state.req.eta
     if eta is not None:
-        fields["eta"] = _ts(eta)
-    if trace:
-        fields.update(trace)
-    return collector._event(_STARTED, fields, ts)
+        row[C_ETA] = _ts(eta)
 
 
-def _succeeded_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
-    _, collector, state, task, t1, cpu1, ts = item
-    name = getattr(task, "name", None)
+@row_builder
+def _started_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """A start sent on its own: its job was still running when the emitter sent."""
+    _, collector, state = item
+    row = _row(_STARTED, state.ts, state, state.task)
+    _add_start(collector, row, state)
+    return collector._sender(), row
+
+
+@row_builder
+def _succeeded_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """An attempt's success; one that carries its start too (``started_at``, args) when ``alone``."""
+    _, collector, state, task, t1, cpu1, ts, alone = item
     duration = t1 - state.t0
-    fields = {
-        "job_id": state.job_id,
-        "task": name,
-        "attempt": state.attempt,
-        "correlation_id": state.corr,
-        "duration_ms": round(duration * 1000.0, 3),
-    }
-    collector._cpu.learn(name, duration)
+    row = _row(_SUCCEEDED, ts, state, task)
+    row[C_DURATION] = round(duration * 1000.0, 3)
+    collector._cpu.learn(row[C_TASK], duration)
     if cpu1 is not None and state.cpu0 is not None:
-        fields["cpu_ms"] = round((cpu1 - state.cpu0) * 1000.0, 3)
-    _optional(fields, state)
-    return collector._event(_SUCCEEDED, fields, ts)
+        row[C_CPU] = round((cpu1 - state.cpu0) * 1000.0, 3)
+    if alone:
+        row[C_STARTED_AT] = state.ts
+        _add_start(collector, row, state)
+    return collector._sender(), row
 
 
 class CeleryCollector:
@@ -213,6 +216,7 @@ class CeleryCollector:
         self.recorder = Recorder(LIB, config)
         self._hb_kwargs: dict[str, Any] = {} if heartbeat_interval is None else {"interval": heartbeat_interval}
         self._node: str | None = None  # the worker main process's id, inherited by pool children
+        self._node_identity: tuple[Any, Any, tuple[str, str, str, int, str]] | None = None
         self._running: dict[str, _Running] = {}
         self._received: dict[str, tuple[int, str | None]] = {}
         self._failed_recently: dict[str, float] = {}
@@ -264,18 +268,16 @@ class CeleryCollector:
             fields.setdefault("worker", self._node)
         self.recorder.emit(type, **fields)
 
-    def _event(self, type: str, fields: dict[str, Any], ts: float) -> tuple[Any, str, dict[str, Any]]:
-        """A deferred event's (identity, type, fields), as :meth:`_emit` would have queued it.
-
-        The node's worker id goes into the identity, not the fields: the emitter then serialises the
-        identity once per sender and type (see ``Emitter._encode``) instead of with every event.
-        """
-        fields["ts"] = ts
+    def _sender(self) -> tuple[str, str, str, int, str]:
+        """The identity rows go out under: the node's worker id replaces the pool child's (made once)."""
         identity = self.recorder.identity
         node = self._node
-        if node is not None and node != identity[4]:
-            identity = (*identity[:4], node)
-        return identity, type, fields
+        if node is None or node == identity[4]:
+            return identity
+        cached = self._node_identity
+        if cached is None or cached[0] is not identity or cached[1] is not node:
+            cached = self._node_identity = (identity, node, (*identity[:4], node))
+        return cached[2]
 
     def _max_attempts(self, task: Any) -> int | None:
         max_retries = getattr(task, "max_retries", None)
@@ -458,14 +460,15 @@ class CeleryCollector:
                 return
             req = task.request
             cpu0 = _thread_time() if self._cpu.want(task) else None  # a system call: sampled (CpuSampler)
-            state = _Running(task, task_id, req, int(req.retries or 0) + 1, args, kwargs, _perf(), cpu0)
+            state = _Running(task, task_id, req, int(req.retries or 0) + 1, args, kwargs, _perf(), cpu0, _now(),
+                             current_trace())
             running = self._running
             if len(running) >= _MAX_TRACKED:
                 running.clear()
             running[task_id] = state
             rec = self.recorder
             if rec.config.enabled:  # held: a job that ends before the next send costs one event
-                rec.emitter.begin(state, (_started_event, self, state, _now(), current_trace()))
+                rec.emitter.begin(state, (_started_row, self, state))
         except Exception:
             hook_failed("celery.task_prerun")
 
@@ -546,8 +549,9 @@ class CeleryCollector:
                 return
             if state is not None and state.task is sender:
                 rec = self.recorder
-                if rec.config.enabled:
-                    rec.emitter.finish(state, (_succeeded_event, self, state, sender, t1, cpu1, _now()))
+                if rec.config.enabled:  # its start folded in when that was never sent
+                    alone = rec.emitter.settle(state) is not None
+                    rec.emitter.emit((_succeeded_row, self, state, sender, t1, cpu1, _now(), alone))
                 return
             # Not started here (or another task's attempt under this id): what the request says.
             self._emit(_SUCCEEDED, **self._attempt_fields(task_id or sender.request.id, sender, state))

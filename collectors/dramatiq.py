@@ -61,7 +61,20 @@ except ImportError as exc:  # pragma: no cover - the user asked for the Dramatiq
 
 from .config import CollectorConfig
 from .constants import HEARTBEAT_INTERVAL_S
-from .events import EventType, cap_text
+from .emitter import row_builder
+from .events import (
+    C_ARGS,
+    C_CPU,
+    C_DURATION,
+    C_ENQUEUED_AT,
+    C_STARTED_AT,
+    C_TASK,
+    C_X,
+    EventType,
+    cap_text,
+    job_row,
+    preview,
+)
 from .runtime import (
     CpuSampler,
     Heartbeat,
@@ -109,6 +122,8 @@ class _Attempt:
     reason: str | None = None
     result: str | None = None
     retry_delay_ms: int | None = None
+    ts: float = 0.0  # unix time and trace ids at the start (set when the start is held for the emitter)
+    trace: dict[str, str] | None = None
 
     def __init__(self, message: Any, attempt: int, started: bool, t0: float, cpu0: float | None) -> None:
         self.message = message
@@ -158,55 +173,58 @@ def _bare(message: Any) -> Any:
         return message
 
 
-# --- events completed on the emitter's thread (see Emitter: deferred events) ----------------------
+# --- rows completed on the emitter's thread (see Emitter: deferred events, rows) ---------------------
 
 
-def _attempt_fields(broker: Any, run: _Attempt, ts: float) -> dict[str, Any]:
-    """What both deferred events of an attempt carry; ``max_attempts`` only when set (an event
-    without None values is encoded without a filtering copy)."""
+def _row(broker: Any, etype: str, ts: float, run: _Attempt) -> list[Any]:
+    """What every row of an attempt carries."""
     message = run.message
     message_id = message.message_id
-    fields = {
-        "job_id": message_id,
-        "task": message.actor_name,
-        "queue": q_name(message.queue_name),
-        "attempt": run.attempt,
-        "correlation_id": message.options.get(OPTION_CORRELATION) or message_id,
-        "ts": ts,
-    }
-    max_attempts = _max_attempts(broker, message)
-    if max_attempts is not None:
-        fields["max_attempts"] = max_attempts
-    return fields
+    return job_row(etype, ts, message_id, message.actor_name, q_name(message.queue_name), run.attempt,
+                   _max_attempts(broker, message), message.options.get(OPTION_CORRELATION) or message_id,
+                   run.trace)
 
 
-def _started_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
-    _, rec, broker, run, ts, trace = item
+def _add_start(rec: Recorder, row: list[Any], run: _Attempt) -> None:
+    """What only the start reports: arguments, enqueue time, the periodiq schedule and slot."""
     message = run.message
-    fields = _attempt_fields(broker, run, ts)
-    fields["enqueued_at"] = message.message_timestamp / 1000.0
-    fields["args_raw"] = message.args
-    fields["kwargs_raw"] = message.kwargs
+    row[C_ENQUEUED_AT] = message.message_timestamp / 1000.0
+    row[C_ARGS] = preview(message.args, message.kwargs, rec.emitter.redactor)
     schedule, slot = _schedule_of(message)
     if schedule is not None:
-        fields["schedule"] = schedule
-        fields["slot"] = slot
-    if trace:
-        fields.update(trace)
-    return rec.identity, EventType.JOB_STARTED, fields
+        row[C_X] = {"schedule": schedule, "slot": slot}
 
 
-def _succeeded_event(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
-    _, collector, broker, run, ts = item
-    fields = _attempt_fields(broker, run, ts)
+@row_builder
+def _started_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """A start sent on its own: its job was still running when the emitter sent."""
+    _, rec, broker, run = item
+    row = _row(broker, EventType.JOB_STARTED, run.ts, run)
+    _add_start(rec, row, run)
+    return rec.identity, row
+
+
+@row_builder
+def _succeeded_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
+    """An attempt's success; one that carries its start too (``started_at``, args) when ``alone``."""
+    _, collector, broker, run, ts, alone = item
+    row = _row(broker, EventType.JOB_SUCCEEDED, ts, run)
     duration = run.t1 - run.t0
-    fields["duration_ms"] = round(duration * 1000.0, 3)
-    collector._cpu.learn(fields["task"], duration)
+    row[C_DURATION] = round(duration * 1000.0, 3)
+    collector._cpu.learn(row[C_TASK], duration)
     if run.cpu1 is not None and run.cpu0 is not None:
-        fields["cpu_ms"] = round((run.cpu1 - run.cpu0) * 1000.0, 3)
+        row[C_CPU] = round((run.cpu1 - run.cpu0) * 1000.0, 3)
+    rec = collector.recorder
+    if alone:
+        row[C_STARTED_AT] = run.ts
+        _add_start(rec, row, run)
     if run.result is not None:
-        fields["result"] = run.result
-    return collector.recorder.identity, EventType.JOB_SUCCEEDED, fields
+        x = row[C_X]
+        if x is None:
+            row[C_X] = {"result": run.result}
+        else:
+            x["result"] = run.result
+    return rec.identity, row
 
 
 class Collector(Middleware):
@@ -311,7 +329,9 @@ class Collector(Middleware):
             self._runs[_get_ident()] = run  # replaces a stale attempt whose ack never came
             rec = self.recorder
             if rec.config.enabled:  # held: a job that ends before the next send costs one event
-                rec.emitter.begin(run, (_started_event, rec, broker, run, _now(), current_trace()))
+                run.ts = _now()
+                run.trace = current_trace()
+                rec.emitter.begin(run, (_started_row, rec, broker, run))
         except Exception:
             hook_failed("dramatiq before_process_message")
 
@@ -428,8 +448,9 @@ class Collector(Middleware):
         ok = run.outcome == "ok" and not dead
         self._count(failed=not ok)
         if ok:
-            if rec.config.enabled:
-                rec.emitter.finish(run, (_succeeded_event, self, broker, run, _now()))
+            if rec.config.enabled:  # its start folded in when that was never sent
+                alone = rec.emitter.settle(run) is not None
+                rec.emitter.emit((_succeeded_row, self, broker, run, _now(), alone))
             return
         rec.emitter.release(run)  # a failure is sent as two events, as it always was
         fields = run.fields(broker)

@@ -15,11 +15,10 @@ sent together go into one stream entry (field ``b``, :func:`events.rows_entry`):
 events cost one serialiser call, one id and one XADD per batch rather than per event.
 
 A job's start is not queued but *held* (:meth:`Emitter.begin`): at its end the job's hook takes it
-back (:meth:`Emitter.finish`) and, if it was never sent, queues one event for both, its terminal
-event carrying ``started_at`` (:func:`coalesced`); ingest records the start from it. A start still
-held when the thread next sends (a job still running) is sent on its own. Most jobs finish within
-the thread's flush interval, so they cost one event instead of two: half the encoding, half the
-XADDs.
+back (:meth:`Emitter.settle`) and, if it was never sent, queues one row for both: its end carrying
+the start's fields and ``started_at``, from which ingest records the start. A start still held when
+the thread next sends (a job still running) is sent on its own. Most jobs finish within the
+thread's flush interval, so they cost one row instead of two.
 
 While Redis is unreachable the thread retries with exponential backoff; the buffer is bounded, so
 when it fills the oldest events are dropped and counted (``dropped`` is reported in worker heartbeats). Nothing here raises into the caller.
@@ -56,7 +55,7 @@ from .events import (
     use_fast_json,
 )
 
-__all__ = ["Emitter", "coalesced", "get_emitter", "row_builder", "shutdown_all"]
+__all__ = ["Emitter", "get_emitter", "row_builder", "shutdown_all"]
 
 log = logging.getLogger("flowerbed.collectors")
 
@@ -182,17 +181,13 @@ class Emitter:
         """Take back the start held under ``key``: ``None`` if it has been sent meanwhile.
 
         One ``dict.pop`` on either side, so exactly one of the job's thread and the sender gets it.
-        :meth:`finish` and :meth:`release` are the usual callers.
+        A job's end calls it and, given the start back, queues one row for both; :meth:`release`
+        queues the start alone.
         """
         try:
             return self._starts.pop(key, None)  # type: ignore[no-any-return]
         except Exception:  # pragma: no cover
             return None
-
-    def finish(self, key: Any, item: tuple[Any, ...]) -> None:
-        """Queue a job's end: folded into its held start (:func:`coalesced`) if that was never sent."""
-        start = self.settle(key)
-        self.emit(item if start is None else (coalesced, start, item))
 
     def release(self, key: Any) -> None:
         """Queue the start held under ``key`` on its own (an end that is not folded into it)."""
@@ -523,23 +518,6 @@ def _name_os_thread(name: bytes) -> None:
         libc.prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)  # PR_SET_NAME
     except Exception:
         pass
-
-
-def coalesced(item: tuple[Any, ...]) -> tuple[Any, str, dict[str, Any]]:
-    """Expand ``(coalesced, start, end)``: the end's event, carrying the start's fields and ``started_at``.
-
-    ``start`` and ``end`` are deferred events; what only the start knows (arguments, eta, trace ids)
-    is added to the end's fields, which win where both have a value.
-    """
-    _, start, end = item
-    _, _, started = start[0](start)
-    identity, etype, fields = end[0](end)
-    started_at = started.pop("ts", None)
-    for key, value in started.items():
-        if key not in fields:
-            fields[key] = value
-    fields["started_at"] = started_at
-    return identity, etype, fields
 
 
 def _from_recorder(identity: tuple[str, str, str, int, str], etype: str, fields: dict[str, Any]) -> dict[str, Any]:

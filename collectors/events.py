@@ -516,8 +516,21 @@ def split_started(event: dict[str, Any]) -> dict[str, Any] | None:
 #: null). An entry names its columns (``cols``), and readers go by those, so columns can be added.
 ROW_COLS: Final = (
     "type", "ts", "job_id", "task", "queue", "attempt", "max_attempts", "started_at", "duration_ms",
-    "cpu_ms", "enqueued_at", "correlation_id", "args", "payload_bytes", "trace_id", "span_id", "x",
+    "cpu_ms", "enqueued_at", "correlation_id", "args", "payload_bytes", "trace_id", "span_id", "eta", "x",
 )
+#: Each column's index in a row, for the builders.
+(C_TYPE, C_TS, C_JOB_ID, C_TASK, C_QUEUE, C_ATTEMPT, C_MAX_ATTEMPTS, C_STARTED_AT, C_DURATION, C_CPU,
+ C_ENQUEUED_AT, C_CORRELATION, C_ARGS, C_SIZE, C_TRACE_ID, C_SPAN_ID, C_ETA, C_X) = range(len(ROW_COLS))
+
+
+def job_row(etype: str, ts: float, job_id: str, task: str | None, queue: str | None, attempt: int | None,
+            max_attempts: int | None, correlation_id: str | None, trace: Mapping[str, str] | None) -> list[Any]:
+    """A row with the columns every job event has; a builder sets the rest by index (``C_…``)."""
+    if trace is None:
+        return [etype, ts, job_id, task, queue, attempt, max_attempts, None, None, None, None, correlation_id,
+                None, None, None, None, None, None]
+    return [etype, ts, job_id, task, queue, attempt, max_attempts, None, None, None, None, correlation_id,
+            None, None, trace.get("trace_id"), trace.get("span_id"), None, None]
 #: Fields a rows entry carries once, for every row.
 _ROWS_HEAD: Final = ("v", "lib", "app", "host", "pid", "worker")
 #: Most rows in one entry (each is at most a few KiB: every column but ``x`` is capped).

@@ -32,7 +32,18 @@ except ImportError as exc:  # pragma: no cover - depends on the user's environme
 
 from .config import CollectorConfig
 from .emitter import row_builder
-from .events import ROW_COLS, EventType, preview
+from .events import (
+    C_ARGS,
+    C_CPU,
+    C_DURATION,
+    C_ENQUEUED_AT,
+    C_SIZE,
+    C_STARTED_AT,
+    C_X,
+    EventType,
+    job_row,
+    preview,
+)
 from .runtime import (
     CpuSampler,
     Heartbeat,
@@ -136,12 +147,10 @@ def _row(collector: Collector, etype: str, ts: float, message: Any, attempt: int
     """A job event of ``message`` in ``ROW_COLS`` order; the caller fills in timings, args and size."""
     labels = message.labels
     task_id = message.task_id
-    return [
-        etype, ts, task_id, message.task_name, collector._queue(labels), attempt,
-        collector._max_attempts(labels), None, None, None, _float(labels.get(LABEL_ENQUEUED_AT)),
-        labels.get(LABEL_CORRELATION) or task_id, None, None,
-        None if trace is None else trace.get("trace_id"), None if trace is None else trace.get("span_id"), None,
-    ]
+    row = job_row(etype, ts, task_id, message.task_name, collector._queue(labels), attempt,
+                  collector._max_attempts(labels), labels.get(LABEL_CORRELATION) or task_id, trace)
+    row[C_ENQUEUED_AT] = _float(labels.get(LABEL_ENQUEUED_AT))
+    return row
 
 
 @row_builder
@@ -149,11 +158,11 @@ def _enqueued_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
     _, collector, message, size, ts, trace = item
     labels = message.labels
     row = _row(collector, _ENQUEUED, ts, message, _int(labels.get("_retries"), 0) + 1, trace)
-    row[_ARGS] = preview(message.args, message.kwargs, collector.recorder.emitter.redactor)
-    row[_SIZE] = size
+    row[C_ARGS] = preview(message.args, message.kwargs, collector.recorder.emitter.redactor)
+    row[C_SIZE] = size
     schedule_id = labels.get("schedule_id")
     if schedule_id is not None:
-        row[_X] = {"schedule_id": schedule_id}
+        row[C_X] = {"schedule_id": schedule_id}
     return collector.recorder.identity, row
 
 
@@ -163,7 +172,7 @@ def _started_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
     _, collector, state = item
     message = state.message
     row = _row(collector, _STARTED, state.ts, message, state.attempt, state.trace)
-    row[_ARGS] = preview(message.args, message.kwargs, collector.recorder.emitter.redactor)
+    row[C_ARGS] = preview(message.args, message.kwargs, collector.recorder.emitter.redactor)
     return collector.recorder.identity, row
 
 
@@ -175,18 +184,14 @@ def _succeeded_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
         return collector.recorder.identity, _row(collector, _SUCCEEDED, ts, message, None, None)
     duration = t1 - state.t0
     row = _row(collector, _SUCCEEDED, ts, message, state.attempt, state.trace)
-    row[_DURATION] = round(duration * 1000.0, 3)
+    row[C_DURATION] = round(duration * 1000.0, 3)
     collector._cpu.learn(message.task_name, duration)
     if cpu1 is not None and state.cpu0 is not None:
-        row[_CPU] = round((cpu1 - state.cpu0) * 1000.0, 3)
+        row[C_CPU] = round((cpu1 - state.cpu0) * 1000.0, 3)
     if alone:
-        row[_STARTED_AT] = state.ts
-        row[_ARGS] = preview(message.args, message.kwargs, collector.recorder.emitter.redactor)
+        row[C_STARTED_AT] = state.ts
+        row[C_ARGS] = preview(message.args, message.kwargs, collector.recorder.emitter.redactor)
     return collector.recorder.identity, row
-
-
-_ARGS, _SIZE, _X = ROW_COLS.index("args"), ROW_COLS.index("payload_bytes"), ROW_COLS.index("x")
-_DURATION, _CPU, _STARTED_AT = ROW_COLS.index("duration_ms"), ROW_COLS.index("cpu_ms"), ROW_COLS.index("started_at")
 
 
 class _SizingFormatter:

@@ -288,37 +288,6 @@ def test_a_redis_py_without_the_raw_path_falls_back_to_its_pipeline(stream_name:
     assert [e["job_id"] for e in stream_events(stream_name)] == [f"job-{i}" for i in range(50)]
 
 
-def test_a_job_that_ends_before_the_next_send_costs_one_event(stream_name: str) -> None:
-    """A held start settled by its end goes out inside the end (``started_at``); one still running at the
-    next send goes out alone, and its end follows as a plain event."""
-    emitter = Emitter(REDIS_URL, stream_name, maxlen=0, flush_interval=5.0)  # sends only when flushed
-    identity = ("taskiq", "shop", "host-1", 42, "host-1:42:abc")
-
-    def started(item: tuple) -> tuple:
-        return identity, "job-started", {"job_id": item[1], "attempt": 1, "ts": item[2], "args": '{"args":[1]}'}
-
-    def succeeded(item: tuple) -> tuple:
-        return identity, "job-succeeded", {"job_id": item[1], "attempt": 1, "ts": item[2], "duration_ms": 1.0}
-
-    fast, slow = object(), object()
-    emitter.begin(fast, (started, "fast", 1700000000.0))
-    emitter.begin(slow, (started, "slow", 1700000000.0))
-    emitter.finish(fast, (succeeded, "fast", 1700000000.5))
-    assert emitter.settle(fast) is None  # the end took the start: it cannot be sent again
-    assert emitter.flush(10)  # the slow job is still running: its start is sent on its own
-    assert emitter.settle(slow) is None
-    emitter.finish(slow, (succeeded, "slow", 1700000009.0))
-    assert emitter.flush(10)
-    emitter.close()
-    got = [(e["type"], e["job_id"], e.get("started_at"), e.get("args")) for e in stream_events(stream_name)]
-    assert sorted(got, key=lambda g: (g[1], g[0])) == [
-        ("job-succeeded", "fast", 1700000000.0, '{"args":[1]}'),
-        ("job-started", "slow", None, '{"args":[1]}'),
-        ("job-succeeded", "slow", None, None),
-    ]
-    assert emitter.sent == emitter.emitted == 3 and emitter.dropped == 0
-
-
 def _started_row(item: tuple) -> tuple:
     """A row builder as the collectors write them: ``(identity, row)``, the row in ``ROW_COLS`` order."""
     _, identity, job_id, ts, args = item
@@ -361,3 +330,38 @@ def test_rows_of_one_sender_share_an_entry_and_big_ones_are_split(stream_name: s
     first = next(e for e in rows if e["job_id"] == "b100")
     assert (first["host"], first["pid"], first["worker"], first["pool"]) == ("host-2", 43, "host-2:43:b", "threads")
     assert "args" not in first and emitter.sent == emitter.emitted == len(got) and emitter.dropped == 0
+
+
+def test_a_job_that_ends_before_the_next_send_costs_one_event(stream_name: str) -> None:
+    """A held start settled by its end goes out inside the end's row (``started_at``); one still running
+    at the next send goes out alone, and its end follows as a row of its own."""
+    emitter = Emitter(REDIS_URL, stream_name, maxlen=0, flush_interval=5.0)  # sends only when flushed
+    identity = ("taskiq", "shop", "host-1", 42, "host-1:42:abc")
+
+    def succeeded(item: tuple) -> tuple:
+        _, job_id, ts, started_at = item
+        _, row = _started_row((None, identity, job_id, 0.0, None))
+        row[ROW_COLS.index("type")], row[ROW_COLS.index("ts")] = "job-succeeded", ts
+        row[ROW_COLS.index("started_at")] = started_at
+        row[ROW_COLS.index("args")] = '{"args":[1]}' if started_at else None
+        return identity, row
+
+    row_builder(succeeded)
+    fast, slow = object(), object()
+    emitter.begin(fast, (_started_row, identity, "fast", 1700000000.0, '{"args":[1]}'))
+    emitter.begin(slow, (_started_row, identity, "slow", 1700000000.0, '{"args":[1]}'))
+    assert emitter.settle(fast) is not None  # the end took the start: it cannot be sent again
+    emitter.emit((succeeded, "fast", 1700000000.5, 1700000000.0))
+    assert emitter.settle(fast) is None
+    assert emitter.flush(10)  # the slow job is still running: its start is sent on its own
+    assert emitter.settle(slow) is None
+    emitter.emit((succeeded, "slow", 1700000009.0, None))
+    assert emitter.flush(10)
+    emitter.close()
+    got = [(e["type"], e["job_id"], e.get("started_at"), e.get("args")) for e in stream_events(stream_name)]
+    assert sorted(got, key=lambda g: (g[1], g[0])) == [
+        ("job-succeeded", "fast", 1700000000.0, '{"args":[1]}'),
+        ("job-started", "slow", None, '{"args":[1]}'),
+        ("job-succeeded", "slow", None, None),
+    ]
+    assert emitter.sent == emitter.emitted == 3 and emitter.dropped == 0
