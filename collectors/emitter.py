@@ -101,7 +101,6 @@ class Emitter:
         #: survivors set off the garbage collector. A taskiq worker running no-op jobs made 117
         #: young, 10 middle and 1 full collection per 10,000 jobs (3-5 µs a job) while its events
         #: waited for 2,000 of them, and 6-8 young ones when they waited for 64.
-        wake_at = int(os.environ.get("FB_WAKE_AT", wake_at))  # EXPERIMENT
         self._wake_at = max(1, min(wake_at, batch_size, buffer_size // 2))
         self.flush_interval = flush_interval
         self.max_backoff = max_backoff
