@@ -1,7 +1,8 @@
 """The Flowerbed event protocol, version 1, as code.
 
-One stream entry holds one event: a JSON object under the field ``e``. This module is the only
-definition of that object. Collectors build events with :func:`build` (cheap enough for a job's own
+A stream entry holds either one event, a JSON object under the field ``e``, or many job events of
+one sender as rows under the field ``b`` (:func:`rows_entry`, :data:`ROW_COLS`); :func:`entry_events`
+reads both. This module is the only definition of those objects. Collectors build events with :func:`build` (cheap enough for a job's own
 thread); the emitter's background thread turns them into bytes with :func:`encode` (or, for a queued
 sender's event, :func:`encode_with_tail`, which appends the sender's pre-serialised identity), which is
 where argument previews are redacted and truncated; the dashboard checks every entry it reads with
@@ -280,6 +281,7 @@ def use_fast_json() -> bool:
     _dumps_bytes = fast
     return True
 _PLAIN: Final = frozenset({int, float, bool, type(None)})
+_SEQUENCES: Final = frozenset({list, tuple})
 
 
 class Redactor:
@@ -340,6 +342,16 @@ def preview(args: Any, kwargs: Any, redactor: Redactor) -> str | None:
     """Return the redacted, truncated JSON preview of a job's arguments (``None`` when not captured)."""
     if not redactor.capture_args:
         return None
+    if not kwargs and type(args) in _SEQUENCES and 0 < len(args) <= 16:
+        # The common call, a few numbers or short strings: nothing to redact or cut, one serialiser
+        # call (~1 µs less per job on the emitter's thread than the general path below).
+        for value in args:
+            kind = type(value)
+            if kind not in _PLAIN and (kind is not str or len(value) > 256):
+                break
+        else:
+            text = _dumps_bytes({"args": args}).decode()
+            return text if len(text) <= redactor.args_limit else text[: redactor.args_limit] + "…"
     body: dict[str, Any] = {}
     if args:
         body["args"] = redactor.scrub(list(args))

@@ -30,7 +30,10 @@ def test_bench_collectors_reports_celery() -> None:
     for field in ("us_per_job", "us_per_job_wall", "loss_pct", "loss_pct_median"):
         assert isinstance(result[field], (int, float)), field
     assert len(result["loss_pct_pairs"]) == 3  # one loss per alternation (the default --repeat)
+    # Every job's start and end reach the stream (the sentinels and worker events besides), as rows of few entries.
     assert result["throughput"]["events_per_run"] and min(result["throughput"]["events_per_run"]) >= 2 * 200
+    assert max(result["throughput"]["entries_per_run"]) < 100
+    assert result["emitter_us_per_job_inproc"] > 0 and isinstance(result["cpu_loss_pct_estimate"], float)
     assert report["goals"] == {"us_per_job": 5.0, "loss_pct": 2.0}
     assert len(report["load_avg"]) == 3
     assert set(client.scan_iter("fbbench:*")) == before  # queues, keys and streams are gone

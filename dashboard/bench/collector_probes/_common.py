@@ -106,11 +106,16 @@ def interleaved(runs: dict[str, Callable[[int], tuple[float, float]]], jobs: int
         fn(max(50, jobs // 10))
     wall: dict[str, list[float]] = {k: [] for k in runs}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
+    emitter: list[float] = []
     for _ in range(repeat):
         for name, fn in runs.items():
+            e0 = emitter_thread_ns()
             w, c = fn(jobs)
             wall[name].append(w)
             cpu[name].append(c)
+            if name == "with":  # what the sending thread spent on this run's events, sent before the next
+                drain_emitters()
+                emitter.append((emitter_thread_ns() - e0) / 1e3 / jobs)
     base, inst = wall["without"], wall["with"]
     return {
         "jobs": jobs,
@@ -122,6 +127,8 @@ def interleaved(runs: dict[str, Callable[[int], tuple[float, float]]], jobs: int
         # The collector's cost on the job's thread: best-of CPU time of that thread, with minus without.
         "us_per_job": (min(cpu["with"]) - min(cpu["without"])) / jobs * 1e6,
         "us_per_job_wall": (min(inst) - min(base)) / jobs * 1e6,
+        # The emitter thread's CPU per job of the "with" runs (median): the rest of the collector's cost.
+        "emitter_us_per_job": sorted(emitter)[len(emitter) // 2] if emitter else None,
     }
 
 
@@ -130,6 +137,25 @@ def clocked(body: Callable[[], None]) -> tuple[float, float]:
     w0, c0 = time.perf_counter(), time.thread_time()
     body()
     return time.perf_counter() - w0, time.thread_time() - c0
+
+
+def emitter_thread_ns() -> int:
+    """CPU time (ns) this process's emitter threads have used so far (Linux schedstat; 0 elsewhere)."""
+    total = 0
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() != EMITTER:
+                    continue
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def drain_emitters(timeout: float = 5.0) -> None:
@@ -181,15 +207,15 @@ def _run_worker(client: Any, cmd: list[str], env: dict[str, str], fill: Callable
     try:
         deadline = time.monotonic() + timeout
         start = end = None
-        cpu0 = cpu1 = redis0 = redis1 = emit0 = emit1 = None
+        cpu0 = cpu1 = redis0 = redis1 = emit0 = emit1 = sw0 = sw1 = None
         while time.monotonic() < deadline:
             if start is None:
                 start = client.get(f"{pre}:mark:start")
                 if start is not None:
-                    (cpu0, emit0), redis0 = tree_cpu_ns(proc.pid), redis_cpu_s(client)
+                    (cpu0, emit0, sw0), redis0 = tree_cpu_ns(proc.pid), redis_cpu_s(client)
             end = client.get(f"{pre}:mark:end")
             if end is not None:
-                (cpu1, emit1), redis1 = tree_cpu_ns(proc.pid), redis_cpu_s(client)
+                (cpu1, emit1, sw1), redis1 = tree_cpu_ns(proc.pid), redis_cpu_s(client)
                 break
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited early ({proc.returncode}): {tail()}")
@@ -205,6 +231,8 @@ def _run_worker(client: Any, cmd: list[str], env: dict[str, str], fill: Callable
             result["cpu_us_per_job"] = (cpu1 - cpu0) / 1e3 / jobs
         if redis0 is not None and redis1 is not None:
             result["redis_cpu_us_per_job"] = (redis1 - redis0) * 1e6 / jobs
+        if sw0 is not None and sw1 is not None:
+            result["switches_per_job"] = (sw1 - sw0) / jobs
         if emit0 and emit1:  # the collector's sending thread alone (absent without a collector)
             result["emitter_cpu_us_per_job"] = (emit1 - emit0) / 1e3 / jobs
         gc_report = client.get(f"{pre}:gc")
@@ -296,10 +324,11 @@ class AwayFromWorker:
 EMITTER = "flowerbed-emit"
 
 
-def tree_cpu_ns(pid: int) -> tuple[int, int]:
+def tree_cpu_ns(pid: int) -> tuple[int, int, int]:
     """CPU time (ns) used so far by every thread of a process and its descendants (Linux schedstat),
-    and by those of them named :data:`EMITTER`; 0 where there are none."""
-    total = emitter = 0
+    by those of them named :data:`EMITTER`, and the context switches of all of them (a thread that
+    wakes another to hand it work costs both a switch each way); 0 where there are none."""
+    total = emitter = switches = 0
     pending = [pid]
     while pending:
         current = pending.pop()
@@ -313,6 +342,8 @@ def tree_cpu_ns(pid: int) -> tuple[int, int]:
                     named = f.read().strip() == EMITTER
                 with open(f"/proc/{current}/task/{tid}/schedstat") as f:
                     ns = int(f.read().split()[0])
+                with open(f"/proc/{current}/task/{tid}/status") as f:
+                    switches += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
                 total += ns
                 if named:
                     emitter += ns
@@ -320,7 +351,7 @@ def tree_cpu_ns(pid: int) -> tuple[int, int]:
                     pending.extend(int(child) for child in f.read().split())
             except (OSError, ValueError, IndexError):
                 continue  # a thread that ended meanwhile
-    return total, emitter
+    return total, emitter, switches
 
 
 def redis_cpu_s(client: Any) -> float | None:
@@ -404,12 +435,25 @@ def throughput_main(lib: str, argv: list[str], build: Callable[[str, dict[str, s
 
             client = redis.Redis.from_url(REDIS_URL)
             try:
-                result["events"] = client.xlen(stream)
+                result["entries"], result["events"] = stream_counts(client, stream)
             finally:
                 client.close()
         output(result)
     finally:
         cleanup(pre, stream)
+
+
+def stream_counts(client: Any, stream: str) -> tuple[int, int]:
+    """Entries on the run's stream, and the events they stand for as ingest counts them (a row each,
+    an end carrying its start two)."""
+    from collectors.events import entry_events
+
+    entries = events = 0
+    for _, fields in client.xrange(stream):
+        entries += 1
+        for event in entry_events(fields):
+            events += 2 if "started_at" in event else 1
+    return entries, events
 
 
 def run_profiled(body: Any) -> None:
