@@ -565,12 +565,7 @@ def decode_rows(data: bytes | str, loads: Any = json.loads) -> tuple[list[dict[s
 
     Raises :class:`InvalidEvent` when the entry as a whole is malformed (its rows cannot be read).
     """
-    if len(data) > MAX_EVENT_BYTES:
-        raise InvalidEvent(f"entry is {len(data)} bytes, over the {MAX_EVENT_BYTES}-byte limit")
-    try:
-        obj = loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidEvent(f"not JSON: {exc}") from None
+    obj = _parse(data, loads)
     if type(obj) is not dict:
         raise InvalidEvent(f"rows entry is a JSON {type(obj).__name__}, not an object")
     cols, rows, batch_id = obj.get("cols"), obj.get("rows"), obj.get("id")
@@ -633,10 +628,14 @@ def _type_name(allowed: tuple[type, ...]) -> str:
 
 def decode(data: bytes | str, loads: Any = json.loads) -> dict[str, Any]:
     """Parse and validate one stream entry's ``e`` field; raises :class:`InvalidEvent`."""
+    return validate(_parse(data, loads))
+
+
+def _parse(data: bytes | str, loads: Any) -> Any:
+    """An entry field's JSON, within the size limit; raises :class:`InvalidEvent`."""
     if len(data) > MAX_EVENT_BYTES:
         raise InvalidEvent(f"entry is {len(data)} bytes, over the {MAX_EVENT_BYTES}-byte limit")
     try:
-        obj = loads(data)
+        return loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidEvent(f"not JSON: {exc}") from None
-    return validate(obj)
