@@ -129,6 +129,9 @@ def interleaved(runs: dict[str, Callable[[int], tuple[float, float]]], jobs: int
         "us_per_job_wall": (min(inst) - min(base)) / jobs * 1e6,
         # The emitter thread's CPU per job of the "with" runs (median): the rest of the collector's cost.
         "emitter_us_per_job": sorted(emitter)[len(emitter) // 2] if emitter else None,
+        # The library's own dispatch to a hook that does nothing ("floor" runs), where a probe has them:
+        # what any collector at this hook point costs before its first line runs.
+        "floor_us_per_job": (min(cpu["floor"]) - min(cpu["without"])) / jobs * 1e6 if "floor" in cpu else None,
     }
 
 

@@ -101,11 +101,29 @@ def inproc(jobs: int, repeat: int, profile: bool) -> None:
         drain_emitters()
         return clocked(lambda: loop(n))
 
+    def empty_prerun(sender: Any = None, task_id: Any = None, task: Any = None, args: Any = None,
+                     kwargs: Any = None, **kw: Any) -> None:
+        return None
+
+    def empty_postrun(sender: Any = None, task_id: Any = None, **kw: Any) -> None:
+        return None
+
+    def floor(n: int) -> tuple[float, float]:
+        """Receivers that do nothing on the same two signals: Celery's own dispatch."""
+        _disconnect(collector)
+        signals.task_prerun.connect(empty_prerun, weak=False, dispatch_uid="fbbench-floor-pre")
+        signals.task_postrun.connect(empty_postrun, weak=False, dispatch_uid="fbbench-floor-post")
+        try:
+            return clocked(lambda: loop(n))
+        finally:
+            signals.task_prerun.disconnect(dispatch_uid="fbbench-floor-pre")
+            signals.task_postrun.disconnect(dispatch_uid="fbbench-floor-post")
+
     if profile:
         collector.connect()
         run_profiled(lambda: loop(jobs))
         return
-    result = interleaved({"without": without, "with": with_}, jobs, repeat)
+    result = interleaved({"without": without, "floor": floor, "with": with_}, jobs, repeat)
     result["path"] = "task.apply(): task_prerun, task_postrun"
     output(result)
 

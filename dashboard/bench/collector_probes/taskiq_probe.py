@@ -31,7 +31,7 @@ from _common import (
     run_profiled,
     with_collector,
 )
-from taskiq import InMemoryBroker
+from taskiq import InMemoryBroker, TaskiqMiddleware
 from taskiq_redis import ListQueueBroker
 
 broker = ListQueueBroker(REDIS_URL, queue_name=f"{prefix()}:q")
@@ -78,6 +78,16 @@ def _build(pre: str, env: dict[str, str], jobs: int, warmup: int) -> tuple[list[
     return cmd, lambda: app_module._fill(jobs, warmup)
 
 
+class _Empty(TaskiqMiddleware):
+    """A middleware whose two job hooks do nothing: what Taskiq's own dispatch to them costs."""
+
+    def pre_execute(self, message: Any) -> Any:
+        return message
+
+    def post_execute(self, message: Any, result: Any) -> None:
+        return None
+
+
 class _SendOnly(InMemoryBroker):
     """A broker whose ``kick`` sends nothing: what is left of ``kiq()`` is the producer's own path."""
 
@@ -111,6 +121,7 @@ def inproc(jobs: int, repeat: int, profile: bool) -> None:
     asyncio.set_event_loop(loop)
     brokers = {
         "without": InMemoryBroker(),
+        "floor": InMemoryBroker().with_middlewares(_Empty()),
         "with": InMemoryBroker().with_middlewares(collectors.taskiq.Collector()),
     }
     producers = {
@@ -155,7 +166,7 @@ def inproc(jobs: int, repeat: int, profile: bool) -> None:
             body = producer_run("with") if os.environ.get("FB_PRODUCER") else worker_run("with")
             run_profiled(lambda: body(jobs))
             return
-        result = interleaved({"without": worker_run("without"), "with": worker_run("with")}, jobs, repeat)
+        result = interleaved({name: worker_run(name) for name in ("without", "floor", "with")}, jobs, repeat)
         producer = interleaved({"without": producer_run("without"), "with": producer_run("with")}, jobs, repeat)
         result["producer"] = producer
         result["producer_us_per_job"] = producer["us_per_job"]
