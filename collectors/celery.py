@@ -215,6 +215,27 @@ def _succeeded_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
     return collector._sender(), row
 
 
+def _from_worker_request(task_id: str) -> dict[str, Any]:
+    """Attempt, queue and correlation id of a job the main process reports failed (hard time limit,
+    lost child), from the worker's ``Request`` that sends the signal: it is ``self`` a few frames
+    up, and the signal does not pass it. Found by walking up at most 8 frames, on this rare path
+    only; empty if this Celery calls from elsewhere. (Remembering every job at task_received for
+    it instead cost every job two calls and a dict entry: ~6 µs in a solo worker.)
+    """
+    frame = sys._getframe(1)
+    for _ in range(8):
+        frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            break
+        candidate = frame.f_locals.get("self")
+        if getattr(candidate, "id", None) == task_id and hasattr(candidate, "request_dict"):
+            info = getattr(candidate, "delivery_info", None) or {}
+            headers = candidate.request_dict
+            return {"attempt": int(headers.get("retries") or 0) + 1, "queue": info.get("routing_key"),
+                    "correlation_id": headers.get(HEADER_CORRELATION)}
+    return {}
+
+
 class CeleryCollector:
     """The signal receivers of one Celery app; created and connected by :func:`install`."""
 
@@ -229,7 +250,6 @@ class CeleryCollector:
         self._emit_row = self.recorder.emitter.emit
         self._enabled = config.enabled
         self._running: dict[str, _Running] = {}
-        self._received: dict[str, tuple[int, str | None]] = {}
         self._failed_recently: dict[str, float] = {}
         self._failed_count: Any = None  # multiprocessing.Value shared with pool children
         self._heartbeat: Heartbeat | None = None
@@ -247,7 +267,6 @@ class CeleryCollector:
         uid = f"flowerbed-{id(self.celery_app)}"
         for signal, handler in (
             (signals.before_task_publish, self.on_publish),
-            (signals.task_received, self.on_received),
             (signals.task_prerun, self.on_prerun),
             (signals.task_retry, self.on_retry),
             (signals.task_failure, self.on_failure),
@@ -344,16 +363,6 @@ class CeleryCollector:
 
     # --- worker main process ------------------------------------------------------------------
 
-    def on_received(self, sender: Any = None, request: Any = None, **kw: Any) -> None:
-        """Remember attempt and queue: the main process's hard-time-limit path has no context."""
-        with swallow_errors("celery.task_received"):
-            received = self._received
-            if len(received) >= _MAX_TRACKED:
-                received.pop(next(iter(received)))
-            info = request.delivery_info or {}
-            received[request.id] = (int(request.request_dict.get("retries") or 0) + 1,
-                                    info.get("routing_key"))
-
     def on_worker_init(self, sender: Any = None, **kw: Any) -> None:
         """Fix the node's worker id and a failure counter before pool children fork."""
         with swallow_errors("celery.worker_init"):
@@ -436,14 +445,13 @@ class CeleryCollector:
             if not self._ours(sender):
                 return
             job_id = request.id
-            received = self._received.pop(job_id, None)
             reason = "expired" if expired else ("terminated" if terminated else "revoked")
             info = getattr(request, "delivery_info", None) or {}
             self._emit(
                 EventType.JOB_CANCELLED,
                 job_id=job_id,
                 task=getattr(sender, "name", None),
-                queue=info.get("routing_key") or (received[1] if received else None),
+                queue=info.get("routing_key"),
                 attempt=int(getattr(request, "retries", 0) or 0) + 1,
                 max_attempts=self._max_attempts(sender),
                 reason=reason,
@@ -519,15 +527,14 @@ class CeleryCollector:
                 return  # a hard time limit reports twice in the main process
             fields = self._attempt_fields(task_id, sender)
             if "attempt" not in fields:
-                # Main process (hard limit, lost child): the request context, or what task_received saw.
+                # Main process (hard limit, lost child): the request context, or the worker's Request.
                 req = sender.request
-                received = self._received.pop(task_id, None)
                 if getattr(req, "id", None) == task_id:
                     info = req.delivery_info or {}
                     fields.update(attempt=int(req.retries or 0) + 1, queue=info.get("routing_key"),
                                   correlation_id=getattr(req, HEADER_CORRELATION, None))
-                elif received is not None:
-                    fields.update(attempt=received[0], queue=received[1])
+                else:
+                    fields.update(_from_worker_request(task_id))
                 fields["max_attempts"] = self._max_attempts(sender)
             if isinstance(traceback, str):
                 fields.update(failure_fields(exception, text=traceback))

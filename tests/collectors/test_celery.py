@@ -93,7 +93,9 @@ def test_prefork_worker(lab: CeleryLab, flowerbed_server: Callable[..., Any]) ->
     assert job("expired")["state"] == "cancelled" and job("sleepy")["state"] == "cancelled"
 
     # Raw-event facts: the double hard-limit signal is deduplicated, reasons, retry delay, payload.
-    assert len(of(events, "job-failed", job_id=ids["hard_limited"])) == 1
+    [hard_failed] = of(events, "job-failed", job_id=ids["hard_limited"])
+    # Sent by the main process, which has no request context: attempt and queue come from its Request.
+    assert hard_failed["attempt"] == 1 and hard_failed["queue"] and hard_failed["max_attempts"] is not None
     assert of(events, "job-cancelled", job_id=ids["sleepy"])[0]["reason"] == "terminated"
     assert of(events, "job-cancelled", job_id=ids["expired"])[0]["reason"] == "expired"
     assert of(events, "job-failed", job_id=ids["flaky"])[0]["retry_in_s"] == 0.3
