@@ -23,6 +23,7 @@ import redis
 from redis.exceptions import RedisError, ResponseError
 
 from collectors.constants import CONSUMER_GROUP
+from collectors.events import MAX_ROWS
 from dashboard.config import Settings
 from dashboard.store.db import create_engine, is_sqlite, migrate, sqlite_path
 
@@ -102,10 +103,25 @@ class _Session:
         # into tuples of dicts cost ~1.7 µs per entry, more than reading them (Batch takes both).
         for command in ("XREADGROUP", "XAUTOCLAIM"):
             self.client.response_callbacks[command] = _raw_reply
+        #: Events per entry to plan reads for (see :meth:`_count`): most seen lately, starting high.
+        self._per_entry = float(MAX_ROWS)
+
+    def _count(self) -> int:
+        """Entries to read at once for a batch of about ``batch_size`` events.
+
+        An entry holds one event (``e``) or up to MAX_ROWS of them (``b``, a worker's rows), and a
+        read cannot be bounded by events: the plan is the most events per entry seen in the last
+        read, and it falls at most by half per read, so a stream of rows never yields a batch of
+        ``batch_size`` rows entries (~500 times the events).
+        """
+        return max(1, min(self.s.batch_size, int(self.s.batch_size / self._per_entry)))
 
     def _submit(self, entries: list[Any]) -> None:
         batch = Batch()
         batch.add_entries(entries)
+        if entries:
+            most = batch.most_per_entry
+            self._per_entry = max(1.0, float(most), self._per_entry / 2)
         self.backend.submit(batch)
 
     def claim(self) -> int:
@@ -113,7 +129,7 @@ class _Session:
         s, start, claimed = self.s, "0-0", 0
         while not self.stop.is_set():
             reply = self.client.xautoclaim(s.stream, CONSUMER_GROUP, self.consumer, s.claim_idle_ms,
-                                           start_id=start, count=s.batch_size)
+                                           start_id=start, count=self._count())
             start, entries = reply[0], reply[1]
             entries = [e for e in entries if e is not None and e[0] is not None]
             if entries:
@@ -140,7 +156,7 @@ class _Session:
         last = "0"
         while not self.stop.is_set():
             reply = self.client.xreadgroup(CONSUMER_GROUP, self.consumer, {self.s.stream: last},
-                                           count=self.s.batch_size)
+                                           count=self._count())
             entries = reply[0][1] if reply else []
             if not entries:
                 return
@@ -159,13 +175,14 @@ class _Session:
         lost_every = max(0.2, min(5.0, s.lost_after_s / 3))
         last_claim = last_lost = time.monotonic()
         while not self.stop.is_set():
+            count = self._count()
             reply = self.client.xreadgroup(CONSUMER_GROUP, self.consumer, {s.stream: ">"},
-                                           count=s.batch_size, block=s.block_ms)
+                                           count=count, block=s.block_ms)
             entries = reply[0][1] if reply else []
             if entries:
                 self._submit(entries)
             now = time.monotonic()
-            if len(entries) < s.batch_size and now - last_lost >= lost_every:
+            if len(entries) < count and now - last_lost >= lost_every:
                 last_lost = now
                 n = self.backend.mark_lost(time.time(), s.lost_after_s)
                 if n:

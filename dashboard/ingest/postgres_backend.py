@@ -262,7 +262,7 @@ class PostgresBackend:
         t0 = time.perf_counter()
         res = self.runner.run(self._transaction(_apply_batch, batch))
         self.write_s += time.perf_counter() - t0
-        self._after_commit(batch.ids, res, len(batch.ids))
+        self._after_commit(batch.ids, res, batch.valid + len(batch.quarantine))  # events, not entries
 
     def mark_lost(self, now: float, lost_after_s: float) -> int:
         """Mark silent workers and their running jobs ``lost``; returns how many jobs."""

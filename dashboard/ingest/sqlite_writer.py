@@ -102,7 +102,7 @@ class WriteBatch:
     #: Worker, schedule and scheduler events.
     others: list[dict[str, Any]] = field(default_factory=list)
     quarantine: list[tuple[Any, ...]] = field(default_factory=list)
-    #: Valid entries read, and valid entries of unknown types without a job (counted, ignored).
+    #: Valid events read, and valid events of unknown types without a job (counted, ignored).
     valid: int = 0
     ignored: int = 0
     #: (now, lost_after_s): mark workers silent since before ``now - lost_after_s`` lost.
@@ -262,7 +262,8 @@ class Checkpointer:
 def _notify(client: Any, channel: str, wb: WriteBatch, out: Writes) -> None:
     if not out.topics:
         return
-    notice = {"ts": time.time(), "events": wb.entries or len(wb.ids), "topics": sorted(out.topics),
+    # Events, not entries: an entry of rows holds many (the live pages' events/s comes from this).
+    notice = {"ts": time.time(), "events": wb.valid + len(wb.quarantine), "topics": sorted(out.topics),
               "jobs": [list(j) for j in out.notice]}
     client.publish(channel, orjson.dumps(notice))
 

@@ -401,3 +401,30 @@ def test_a_rows_entry_is_stored_as_its_events_and_a_bad_row_is_quarantined_alone
     assert sid.endswith("#2") and "'ts'" in reason and '"r3"' in raw
     meta = dict(query(store_url, "SELECT key, value FROM meta"))
     assert meta["events_ingested"] == 3 and meta["duplicates"] == 3
+
+
+def test_a_batch_of_rows_entries_stays_near_batch_size_events(client: redis.Redis, stream: str,
+                                                             store_url: str) -> None:
+    """``batch_size`` bounds events, not entries: 40 entries of 50 rows with a batch size of 200 are
+    committed 200 events or fewer at a time (read by entries, all 2,000 would be one transaction), and
+    each commit's notice counts its events."""
+    import json
+
+    pubsub = client.pubsub()
+    pubsub.subscribe(f"{stream}:changes")
+    wait_until(lambda: pubsub.get_message(timeout=0.1), what="subscribed")
+    identity = ("dramatiq", "shop", "h1", 7, "w1")
+    t0 = time.time() - 60
+    for e in range(40):
+        rows = [[{"type": "job-started", "ts": t0 + e, "job_id": f"r{e}-{i}", "task": "t", "attempt": 1}.get(c)
+                 for c in ROW_COLS] for i in range(50)]
+        client.xadd(stream, {"b": orjson.dumps(rows_entry(f"batch-{e}", identity, rows))})
+    with ingesting(settings_for(stream, store_url, batch_size=200)):
+        wait_until(lambda: acked_all(client, stream, 40), what="every entry acknowledged")
+        notices = []
+        while (message := pubsub.get_message(timeout=0.5)) is not None:
+            if message["type"] == "message":
+                notices.append(json.loads(message["data"])["events"])
+    pubsub.close()
+    assert sum(notices) == 2000 and max(notices) <= 200, notices
+    assert query(store_url, "SELECT count(*) FROM jobs") == [(2000,)]
