@@ -51,8 +51,6 @@ class Batch:
     ignored: int = 0
     #: Valid events read (duplicates included; an end carrying its start counts twice).
     valid: int = 0
-    #: Most rows one entry of this batch held (1 for single events): the consumer plans reads by it.
-    most_per_entry: int = 1
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -95,8 +93,6 @@ class Batch:
                 except InvalidEvent as exc:
                     self._reject(sid, now, exc.reason, rows)
                     continue
-                if len(events) + len(bad) > self.most_per_entry:
-                    self.most_per_entry = len(events) + len(bad)
                 for event in events:
                     valid += self._add(event)
                 if bad:
