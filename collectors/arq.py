@@ -82,6 +82,7 @@ from .events import (
     cap_text,
     job_row,
     preview,
+    set_extra,
 )
 from .runtime import (
     Heartbeat,
@@ -319,11 +320,7 @@ def _succeeded_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
     row = _row(state, EventType.JOB_SUCCEEDED, ts, run)
     row[C_DURATION] = round((t1 - run.t0) * 1000.0, 3)
     if result is not None:
-        x = row[C_X]
-        if x is None:
-            row[C_X] = {"result": result}
-        else:
-            x["result"] = result
+        set_extra(row, "result", result)
     if alone:
         row[C_STARTED_AT] = run.ts
         _add_start(state, row, run)

@@ -74,6 +74,7 @@ from .events import (
     cap_text,
     job_row,
     preview,
+    set_extra,
 )
 from .runtime import (
     CpuSampler,
@@ -219,11 +220,7 @@ def _succeeded_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
         row[C_STARTED_AT] = run.ts
         _add_start(rec, row, run)
     if run.result is not None:
-        x = row[C_X]
-        if x is None:
-            row[C_X] = {"result": run.result}
-        else:
-            x["result"] = run.result
+        set_extra(row, "result", run.result)
     return rec.identity, row
 
 

@@ -338,7 +338,6 @@ class Emitter:
         if head is None:
             head = self._xadd_head = _xadd_head(self.stream, self.maxlen, EVENT_FIELD)
         batch = _Batch()
-        out = batch.commands
         buf = self._buffer
         redactor = self.redactor
         rows_fns = _ROW_BUILDERS
@@ -368,12 +367,7 @@ class Emitter:
             if data is None:
                 self.dropped += 1
                 continue
-            out += head
-            out += b"$%d\r\n" % len(data)
-            out += data
-            out += b"\r\n"
-            batch.count += 1
-            batch.entries += 1
+            batch.add(head, data, 1)
         for identity, rows in groups.items():
             for i in range(0, len(rows), MAX_ROWS):
                 self._add_rows(batch, identity, rows[i:i + MAX_ROWS])
@@ -397,13 +391,7 @@ class Emitter:
         head = self._rows_head
         if head is None:
             head = self._rows_head = _xadd_head(self.stream, self.maxlen, ROWS_FIELD)
-        out = batch.commands
-        out += head
-        out += b"$%d\r\n" % len(data)
-        out += data
-        out += b"\r\n"
-        batch.count += len(rows)
-        batch.entries += 1
+        batch.add(head, data, len(rows))
 
     def _encode(self, event: Any, redactor: Redactor) -> bytes | None:
         """One queued event as stream bytes (see the module docstring for what may be queued)."""
@@ -503,6 +491,16 @@ class _Batch:
         self.commands = bytearray()
         self.count = 0
         self.entries = 0
+
+    def add(self, head: bytes, data: bytes, events: int) -> None:
+        """Append one XADD: its ``head`` (see :func:`_xadd_head`) and ``data`` as the field's value."""
+        out = self.commands
+        out += head
+        out += b"$%d\r\n" % len(data)
+        out += data
+        out += b"\r\n"
+        self.count += events
+        self.entries += 1
 
     def fields(self) -> list[tuple[bytes, bytes]]:
         """Each entry's field and value again (for redis-py's pipeline, the fallback): the last two

@@ -58,6 +58,8 @@ __all__ = [
     "split_started",
     "ENDING_TYPES",
     "ROW_COLS",
+    "job_row",
+    "set_extra",
     "rows_entry",
     "decode_rows",
     "entry_events",
@@ -543,6 +545,17 @@ def job_row(etype: str, ts: float, job_id: str, task: str | None, queue: str | N
                 None, None, None, None, None, None]
     return [etype, ts, job_id, task, queue, attempt, max_attempts, None, None, None, None, correlation_id,
             None, None, trace.get("trace_id"), trace.get("span_id"), None, None]
+
+
+def set_extra(row: list[Any], name: str, value: Any) -> None:
+    """Put a field with no column of its own into the row's ``x`` object (made when first needed)."""
+    extra = row[C_X]
+    if extra is None:
+        row[C_X] = {name: value}
+    else:
+        extra[name] = value
+
+
 #: Fields a rows entry carries once, for every row.
 _ROWS_HEAD: Final = ("v", "lib", "app", "host", "pid", "worker")
 #: Most rows in one entry (each is at most a few KiB: every column but ``x`` is capped).

@@ -144,21 +144,7 @@ def clocked(body: Callable[[], None]) -> tuple[float, float]:
 
 def emitter_thread_ns() -> int:
     """CPU time (ns) this process's emitter threads have used so far (Linux schedstat; 0 elsewhere)."""
-    total = 0
-    try:
-        tids = os.listdir("/proc/self/task")
-    except OSError:
-        return 0
-    for tid in tids:
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                if f.read().strip() != EMITTER:
-                    continue
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
+    return tree_cpu_ns(os.getpid())[1]
 
 
 def drain_emitters(timeout: float = 5.0) -> None:
