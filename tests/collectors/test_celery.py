@@ -112,6 +112,11 @@ def test_prefork_worker(lab: CeleryLab, flowerbed_server: Callable[..., Any]) ->
     started = of(events, "job-started", job_id=ids["ok"])[0]
     assert started["worker"] == online["worker"] and started["pid"] != online["pid"]
     assert int(lab.redis.get(f"{lab.prefix}:user-signal") or 0) >= 3  # the user's receiver still runs
+    # The collector wraps tracers in a worker: the user's prerun/postrun receivers and custom
+    # __call__ (ok's base class; ok also ran as parent's child) still run for every job.
+    assert int(lab.redis.get(f"{lab.prefix}:user-prerun") or 0) >= 9
+    assert int(lab.redis.get(f"{lab.prefix}:user-postrun") or 0) >= 9
+    assert int(lab.redis.get(f"{lab.prefix}:audited") or 0) == 2
 
     workers = [w for w in server.get_json("/api/workers")["items"] if w["lib"] == "celery"]
     assert len(workers) == 1 and workers[0]["concurrency"] == 2

@@ -21,7 +21,7 @@ from _common import (
     run_profiled,
     with_collector,
 )
-from celery import Celery, signals
+from celery import Celery
 
 QUEUE = f"{prefix()}:q"
 
@@ -73,58 +73,63 @@ def _build(pre: str, env: dict[str, str], jobs: int, warmup: int) -> tuple[list[
     return cmd, lambda: app_module._fill(jobs, warmup)
 
 
-def _disconnect(collector: Any) -> None:
-    uid = f"flowerbed-{id(app)}"
-    for name in dir(signals):
-        sig = getattr(signals, name)
-        if hasattr(sig, "disconnect") and hasattr(sig, "name"):
-            sig.disconnect(dispatch_uid=f"{uid}-{sig.name}")
+def _request(job_id: str, i: int) -> dict[str, Any]:
+    """The request dict a worker hands a task's tracer (a protocol-2 message's headers and more)."""
+    return {
+        "lang": "py", "task": "noop", "id": job_id, "shadow": None, "eta": None, "expires": None,
+        "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": job_id,
+        "parent_id": None, "argsrepr": f"({i},)", "kwargsrepr": "{}", "origin": "gen1@bench",
+        "ignore_result": True, "fb_enqueued_at": 1.7e9, "fb_correlation_id": job_id,
+        "properties": {"correlation_id": job_id, "reply_to": "r", "delivery_mode": 2, "delivery_tag": "t",
+                       "priority": 0, "body_encoding": "base64"},
+        "reply_to": "r", "correlation_id": job_id, "hostname": "bench@host",
+        "delivery_info": {"exchange": "", "routing_key": QUEUE, "priority": 0, "redelivered": False},
+        "args": [i], "kwargs": {}, "is_eager": False, "callbacks": None, "errbacks": None, "chain": None,
+        "chord": None,
+    }
 
 
 def inproc(jobs: int, repeat: int, profile: bool) -> None:
+    """Jobs through the tracer a worker builds for the task (``task.__trace__``), as a solo worker runs them."""
+    import uuid
+
+    from celery.app.trace import build_tracer, setup_worker_optimizations
+
     import collectors.celery
 
     collector = collectors.celery.install(app)
-    apply = noop.apply
+    setup_worker_optimizations(app, "bench@host")
+    collector._trace_directly()  # what the worker_init signal does in a worker
+    task = app.tasks[noop.name]  # the registered task, as the worker has it (``noop`` is a proxy)
+    plain = build_tracer(task.name, task, app.loader, "bench@host", app=app)
+    wrapped = collector._traced(task, plain)
 
-    def loop(n: int) -> None:
-        for i in range(n):
-            apply((i,))
+    def empty(uuid: Any, args: Any, kwargs: Any, request: Any = None) -> Any:
+        return plain(uuid, args, kwargs, request)
+
+    def loop(tracer: Any, n: int) -> tuple[float, float]:
+        ids = [uuid.uuid4().hex for _ in range(n)]
+        requests = [_request(job_id, i) for i, job_id in enumerate(ids)]
+        body = lambda: [tracer(ids[i], (i,), {}, requests[i]) for i in range(n)]  # noqa: E731
+        return clocked(body)
 
     def without(n: int) -> tuple[float, float]:
-        _disconnect(collector)
         drain_emitters()
-        return clocked(lambda: loop(n))
+        return loop(plain, n)
 
     def with_(n: int) -> tuple[float, float]:
-        collector.connect()
         drain_emitters()
-        return clocked(lambda: loop(n))
-
-    def empty_prerun(sender: Any = None, task_id: Any = None, task: Any = None, args: Any = None,
-                     kwargs: Any = None, **kw: Any) -> None:
-        return None
-
-    def empty_postrun(sender: Any = None, task_id: Any = None, **kw: Any) -> None:
-        return None
+        return loop(wrapped, n)
 
     def floor(n: int) -> tuple[float, float]:
-        """Receivers that do nothing on the same two signals: Celery's own dispatch."""
-        _disconnect(collector)
-        signals.task_prerun.connect(empty_prerun, weak=False, dispatch_uid="fbbench-floor-pre")
-        signals.task_postrun.connect(empty_postrun, weak=False, dispatch_uid="fbbench-floor-post")
-        try:
-            return clocked(lambda: loop(n))
-        finally:
-            signals.task_prerun.disconnect(dispatch_uid="fbbench-floor-pre")
-            signals.task_postrun.disconnect(dispatch_uid="fbbench-floor-post")
+        """A wrapper that does nothing: the call any collector at this hook point adds."""
+        return loop(empty, n)
 
     if profile:
-        collector.connect()
-        run_profiled(lambda: loop(jobs))
+        run_profiled(lambda: loop(wrapped, jobs))
         return
     result = interleaved({"without": without, "floor": floor, "with": with_}, jobs, repeat)
-    result["path"] = "task.apply(): task_prerun, task_postrun"
+    result["path"] = "task.__trace__ (the worker's tracer), wrapped"
     output(result)
 
 

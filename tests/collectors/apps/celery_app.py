@@ -38,10 +38,29 @@ def users_own_handler(sender=None, **kw):
     _redis.incr(f"{PREFIX}:user-signal")
 
 
+@signals.task_prerun.connect
+def users_own_prerun(sender=None, task_id=None, **kw):
+    """The user's own receivers of the signals the collector stops receiving in a worker."""
+    _redis.incr(f"{PREFIX}:user-prerun")
+
+
+@signals.task_postrun.connect
+def users_own_postrun(sender=None, task_id=None, **kw):
+    _redis.incr(f"{PREFIX}:user-postrun")
+
+
+class AuditedTask(app.Task):
+    """A user's base class with its own __call__ (Celery then calls the task, not run())."""
+
+    def __call__(self, *args, **kwargs):
+        _redis.incr(f"{PREFIX}:audited")
+        return super().__call__(*args, **kwargs)
+
+
 collectors.celery.install(app, heartbeat_interval=1.0)
 
 
-@app.task
+@app.task(base=AuditedTask)
 def ok(x, password=""):
     return x * 2
 
