@@ -36,11 +36,11 @@ from .config import CollectorConfig
 from .emitter import row_builder
 from .events import (
     C_ARGS,
-    C_CPU,
-    C_DURATION,
     C_ENQUEUED_AT,
     C_ETA,
+    C_SPAN_ID,
     C_STARTED_AT,
+    C_TRACE_ID,
     EventType,
     job_row,
     preview,
@@ -200,20 +200,36 @@ def _started_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
     return collector._sender(), row
 
 
-@row_builder
-def _succeeded_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
-    """An attempt's success; one that carries its start too (``started_at``, args) when ``alone``."""
-    _, collector, state, task, t1, cpu1, ts, alone = item
-    duration = t1 - state.t0
-    row = _row(_SUCCEEDED, ts, state, task)
-    row[C_DURATION] = round(duration * 1000.0, 3)
-    collector._cpu.learn(task, duration)  # keyed as on_prerun asks (the task object)
-    if cpu1 is not None and state.cpu0 is not None:
-        row[C_CPU] = round((cpu1 - state.cpu0) * 1000.0, 3)
-    if alone:
-        row[C_STARTED_AT] = state.ts
-        _add_start(collector, row, state)
-    return collector._sender(), row
+def _succeeded_row(collector: CeleryCollector, state: _Running, t1: float, cpu1: float | None,
+                   max_attempts: int | None) -> list[Any]:
+    """An attempt's success as a finished row, built on the job's thread (see RowQueue).
+
+    It carries its start too (``started_at``, the arguments, the eta) when that was never sent.
+    Plain reads and a list: the arguments' preview is made on the emitter's thread, from the
+    ``(args, kwargs)`` left in their cell.
+    """
+    task, job_id, req, args, kwargs, t0, cpu0, started, trace = state
+    duration = t1 - t0
+    cpu_ms = None
+    if cpu0 is not None and cpu1 is not None:
+        cpu_ms = round((cpu1 - cpu0) * 1000.0, 3)
+        collector._cpu.learn(task, duration)  # a sampled run decides the task's next ones
+    info = req.get("delivery_info")
+    enqueued_at = req.get(HEADER_ENQUEUED_AT)
+    if enqueued_at is not None and type(enqueued_at) is not float:
+        enqueued_at = _ts(enqueued_at)
+    row = [_SUCCEEDED, _now(), job_id, task.name, info.get("routing_key") if info else None,
+           (req.get("retries") or 0) + 1, max_attempts, None, round(duration * 1000.0, 3), cpu_ms, enqueued_at,
+           req.get(HEADER_CORRELATION) or job_id, None, None, None, None, None, None]
+    if trace is not None:
+        row[C_TRACE_ID], row[C_SPAN_ID] = trace.get("trace_id"), trace.get("span_id")
+    if collector._held.pop(job_id, None) is not None:  # its start was never sent: it rides along
+        row[C_STARTED_AT] = started
+        row[C_ARGS] = (args, kwargs)
+        eta = req.get("eta")
+        if eta is not None:
+            row[C_ETA] = _ts(eta)
+    return row
 
 
 #: The collectors whose app's tracers are wrapped in this process (see CeleryCollector._trace_directly).
@@ -287,7 +303,8 @@ class CeleryCollector:
         self._node_identity: tuple[Any, Any, tuple[str, str, str, int, str]] | None = None
         #: The emitter's held starts and its emit, looked up once: the job's path is a dict store and a call.
         self._held = self.recorder.emitter.held
-        self._emit_row = self.recorder.emitter.emit
+        #: Finished successes go here as rows (built on the job's thread, sent by the emitter's).
+        self._rows = self.recorder.emitter.row_queue(self._sender)
         self._enabled = config.enabled
         self._running: dict[str, _Running] = {}
         self._failed_recently: dict[str, float] = {}
@@ -446,8 +463,9 @@ class CeleryCollector:
         """
         held = self._held
         running = self._running
-        emit_row = self._emit_row
+        add_row = self._rows.add
         want_cpu = self._cpu.want
+        max_attempts = self._max_attempts(task)
 
         def traced_task(uuid: Any, args: Any, kwargs: Any, request: Any = None) -> Any:
             state = None
@@ -472,8 +490,7 @@ class CeleryCollector:
                     t1 = _perf()
                     cpu1 = None if state[6] is None else _thread_time()
                     if running.pop(uuid, None) is state and result[1] is None and result[2] is not None:
-                        alone = held.pop(uuid, None) is not None
-                        emit_row((_succeeded_row, self, state, task, t1, cpu1, _now(), alone))
+                        add_row(_succeeded_row(self, state, t1, cpu1, max_attempts))
                     else:  # failed, retried (reported by their signals), ignored, rejected or skipped
                         self.recorder.emitter.release(uuid)
                 except Exception:
@@ -681,8 +698,7 @@ class CeleryCollector:
             cpu1 = None if state is None or state[6] is None else _thread_time()
             if state is not None and state[0] is sender and kw.get("state") == "SUCCESS":  # ours: it has a state
                 if self._enabled:  # its start folded in when that was never sent
-                    alone = self._held.pop(task_id, None) is not None
-                    self._emit_row((_succeeded_row, self, state, sender, t1, cpu1, _now(), alone))
+                    self._rows.add(_succeeded_row(self, state, t1, cpu1, self._max_attempts(sender)))
                 return
             if kw.get("state") != "SUCCESS" or sender is None or not self._ours(sender):
                 if state is not None:

@@ -14,6 +14,13 @@ instead: a job event as a list of values in ``events.ROW_COLS`` order. Rows of o
 sent together go into one stream entry (field ``b``, :func:`events.rows_entry`): a busy worker's job
 events cost one serialiser call, one id and one XADD per batch rather than per event.
 
+A busy collector's finished job events skip all of that: its job's thread appends each as a *row*
+(a list in ``ROW_COLS`` order, its values final but for the few cells a queue's ``finish`` completes)
+to a :class:`RowQueue`; the thread takes a queue's rows in one pass and serialises them with one
+call per entry. Building an event on the thread that sends it cost a no-op job ~3-6 µs of the
+worker's CPU, and the job objects it kept alive until then set off the garbage collector (Celery:
+60 young collections per 5,000 jobs against 1).
+
 A job's start is not queued but *held* (:meth:`Emitter.begin`): at its end the job's hook takes it
 back (:meth:`Emitter.settle`) and, if it was never sent, queues one row for both: its end carrying
 the start's fields and ``started_at``, from which ingest records the start. A start still held when
@@ -42,6 +49,7 @@ from typing import Any, Callable
 from .config import CollectorConfig
 from .constants import DEFAULT_STREAM_MAXLEN, EVENT_FIELD, MAX_EVENT_BYTES, ROWS_FIELD
 from .events import (
+    C_ARGS,
     MAX_ROWS,
     RESERVED,
     Redactor,
@@ -51,11 +59,12 @@ from .events import (
     encode_with_tail,
     identity_tail,
     new_event_id,
+    preview,
     rows_entry,
     use_fast_json,
 )
 
-__all__ = ["Emitter", "get_emitter", "row_builder", "shutdown_all"]
+__all__ = ["Emitter", "RowQueue", "get_emitter", "row_builder", "shutdown_all"]
 
 log = logging.getLogger("flowerbed.collectors")
 
@@ -69,6 +78,34 @@ def row_builder(fn: Callable[[tuple[Any, ...]], tuple[Any, list[Any]]]) -> Calla
     """Register ``fn`` as a deferred builder that returns ``(identity, row)``, ``row`` in ``ROW_COLS`` order."""
     _ROW_BUILDERS.add(fn)
     return fn
+
+
+class RowQueue:
+    """Finished job rows of one sender, appended on the job's thread and sent by the emitter's.
+
+    ``identity()`` names the sender when rows are sent (a forked child's pid differs from its
+    parent's). A row's ``args`` cell may hold ``(args, kwargs)``, made into the redacted preview on
+    the sending thread; ``finish(rows)``, if given, completes any other cell a collector left raw,
+    there too.
+    """
+
+    __slots__ = ("rows", "identity", "finish", "_emitter", "_wake_at")
+
+    def __init__(self, emitter: Emitter, identity: Callable[[], Any],
+                 finish: Callable[[list[list[Any]]], None] | None = None) -> None:
+        self.rows: deque[list[Any]] = deque(maxlen=emitter.capacity)  # bounded like the buffer: oldest go
+        self.identity = identity
+        self.finish = finish
+        self._emitter = emitter
+        self._wake_at = emitter._wake_at
+
+    def add(self, row: list[Any]) -> None:
+        """Queue one finished row: an append and a length test; never blocks, never raises."""
+        rows = self.rows
+        rows.append(row)
+        n = len(rows)
+        if n == 1 or n >= self._wake_at:  # the first since a send (start the thread?), or a batch's worth
+            self._emitter._kick(n)
 
 
 class Emitter:
@@ -116,6 +153,8 @@ class Emitter:
             except ImportError:
                 log.warning("flowerbed: redis-py is not installed; events will be dropped")
             use_fast_json()
+        #: Row queues of this process's collectors (kept across a fork; their rows are not).
+        self._row_queues: list[RowQueue] = []
         self._reset()
         _live.add(self)
 
@@ -129,6 +168,8 @@ class Emitter:
         if held is None:
             self.held = held = {}
         held.clear()
+        for queue in self._row_queues:
+            queue.rows.clear()
         #: An encoded batch not yet sent (it is retried first after a failure): XADD commands, and how many.
         self._pending: _Batch | None = None
         #: identity_tail() per (sender identity, event type).
@@ -201,6 +242,33 @@ class Emitter:
         if item is not None:
             self.emit(item)
 
+    def row_queue(self, identity: Callable[[], Any],
+                  finish: Callable[[list[list[Any]]], None] | None = None) -> RowQueue:
+        """A new :class:`RowQueue` whose rows this emitter sends."""
+        queue = RowQueue(self, identity, finish)
+        self._row_queues.append(queue)
+        return queue
+
+    def _kick(self, waiting: int) -> None:
+        """A row queue's first row since a send, or its ``wake_at``-th or later: make sure they go
+        (and count the oldest row a full queue has just dropped)."""
+        try:
+            if self._thread is None:
+                self._start()
+            if waiting == self._wake_at:
+                self._wake.set()
+            elif waiting >= self.capacity:
+                self.dropped += 1
+        except Exception:  # pragma: no cover - a guest never breaks its host
+            pass
+
+    def _rows_waiting(self) -> int:
+        return sum(len(queue.rows) for queue in self._row_queues)
+
+    def _idle(self) -> bool:
+        """Nothing left to send: no event, held start, queued row or unsent batch."""
+        return not self._buffer and not self.held and self._pending is None and not self._rows_waiting()
+
     def _start(self) -> None:
         with self._start_lock:
             if self._thread is not None:
@@ -216,7 +284,8 @@ class Emitter:
     def buffered(self) -> int:
         """Events waiting to be sent (buffered plus a failed batch awaiting retry)."""
         pending = self._pending
-        return len(self._buffer) + len(self.held) + (pending.count if pending is not None else 0)
+        return (len(self._buffer) + len(self.held) + self._rows_waiting()
+                + (pending.count if pending is not None else 0))
 
     def stats(self) -> dict[str, int]:
         """Counters for heartbeats and tests."""
@@ -230,33 +299,35 @@ class Emitter:
 
     def flush(self, timeout: float = 2.0) -> bool:
         """Ask the thread to send now and wait up to ``timeout`` s; True if everything was sent."""
-        if self._thread is None and not self._buffer and not self.held:
+        if self._thread is None and self._idle():
             return True
         if self._thread is None:
             self._start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._wake.set()
-            if not self._buffer and not self.held and self._pending is None and not self._busy:
+            if self._idle() and not self._busy:
                 return True
             time.sleep(0.005)
-        return not self._buffer and not self.held and self._pending is None
+        return self._idle()
 
     def close(self, timeout: float | None = None) -> bool:
         """Send what is buffered within ``timeout`` s (default: the shutdown deadline), then stop."""
         timeout = self.shutdown_deadline if timeout is None else timeout
         thread = self._thread
         if thread is None or self._pid != os.getpid():
-            return not self._buffer and not self.held
+            return not self._buffer and not self.held and not self._rows_waiting()
         self._stop.set()
         self._wake.set()
         thread.join(timeout)
         self._thread = None
-        done = not self._buffer and not self.held and self._pending is None
+        done = self._idle()
         if not done:
             self.dropped += self.buffered
             self._buffer.clear()
             self.held.clear()
+            for queue in self._row_queues:
+                queue.rows.clear()
             self._pending = None
         self._drop_client()
         return done
@@ -297,7 +368,8 @@ class Emitter:
             self._release_starts()
         minimum = 1 if everything else self._wake_at
         first = True
-        while self._pending is not None or (first and self._buffer) or len(self._buffer) >= minimum:
+        while (self._pending is not None or (first and (self._buffer or self._rows_waiting()))
+               or len(self._buffer) + self._rows_waiting() >= minimum):
             first = False
             if self._pending is None:
                 batch = self._encode_batch()
@@ -340,11 +412,15 @@ class Emitter:
         batch = _Batch()
         buf = self._buffer
         redactor = self.redactor
+        budget = self.batch_size
+        for queue in self._row_queues:
+            if budget > 0 and queue.rows:
+                budget -= self._take_rows(batch, queue, budget, redactor)
         rows_fns = _ROW_BUILDERS
         groups: dict[Any, list[Any]] = {}
         last_identity: Any = None
         last_rows: list[Any] = []
-        for _ in range(min(self.batch_size, len(buf))):
+        for _ in range(min(budget, len(buf))):
             try:
                 event = buf.popleft()
             except IndexError:
@@ -372,6 +448,34 @@ class Emitter:
             for i in range(0, len(rows), MAX_ROWS):
                 self._add_rows(batch, identity, rows[i:i + MAX_ROWS])
         return batch
+
+    def _take_rows(self, batch: _Batch, queue: RowQueue, most: int, redactor: Redactor) -> int:
+        """Up to ``most`` of a row queue's rows into the batch, their raw cells completed; how many."""
+        pop = queue.rows.popleft
+        rows: list[list[Any]] = []
+        for _ in range(min(most, len(queue.rows))):
+            try:
+                row = pop()
+            except IndexError:
+                break
+            args = row[C_ARGS]
+            if args is not None and type(args) is not str:
+                try:
+                    row[C_ARGS] = preview(args[0], args[1], redactor)
+                except Exception:
+                    row[C_ARGS] = None
+            rows.append(row)
+        self.emitted += len(rows)
+        try:
+            identity = queue.identity()
+            if queue.finish is not None:
+                queue.finish(rows)
+        except Exception:
+            self.dropped += len(rows)
+            return len(rows)
+        for i in range(0, len(rows), MAX_ROWS):
+            self._add_rows(batch, identity, rows[i:i + MAX_ROWS])
+        return len(rows)
 
     def _add_rows(self, batch: _Batch, identity: Any, rows: list[Any]) -> None:
         """One ``b`` entry for ``rows`` of one sender; halved until each entry fits the size limit."""

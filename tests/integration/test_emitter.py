@@ -305,7 +305,9 @@ row_builder(_started_row)
 def test_rows_of_one_sender_share_an_entry_and_big_ones_are_split(stream_name: str, raw_path: bool) -> None:
     """Rows go out as ``b`` entries, one per sender and at most MAX_ROWS or MAX_EVENT_BYTES each, beside plain
     events; every row reads back as its own event with its sender's identity and a distinct id."""
-    emitter = Emitter(REDIS_URL, stream_name, maxlen=0, flush_interval=5.0, batch_size=5000, buffer_size=10_000)
+    # One drain, at flush: a mid-loop wake (a loaded machine) would split the entries further.
+    emitter = Emitter(REDIS_URL, stream_name, maxlen=0, flush_interval=5.0, batch_size=5000, buffer_size=10_000,
+                      wake_at=5000)
     emitter._raw_ok = raw_path
     a = ("celery", "shop", "host-1", 42, "host-1:42:a")
     b = ("celery", "shop", "host-2", 43, "host-2:43:b")
