@@ -463,7 +463,7 @@ class CeleryCollector:
         """
         held = self._held
         running = self._running
-        add_row = self._rows.add
+        rows = self._rows  # its add is looked up per row: the first in a process starts the sender
         want_cpu = self._cpu.want
         max_attempts = self._max_attempts(task)
 
@@ -490,7 +490,7 @@ class CeleryCollector:
                     t1 = _perf()
                     cpu1 = None if state[6] is None else _thread_time()
                     if running.pop(uuid, None) is state and result[1] is None and result[2] is not None:
-                        add_row(_succeeded_row(self, state, t1, cpu1, max_attempts))
+                        rows.add(_succeeded_row(self, state, t1, cpu1, max_attempts))
                     else:  # failed, retried (reported by their signals), ignored, rejected or skipped
                         self.recorder.emitter.release(uuid)
                 except Exception:

@@ -36,11 +36,15 @@ from .config import CollectorConfig
 from .emitter import row_builder
 from .events import (
     C_ARGS,
+    C_ATTEMPT,
     C_CPU,
     C_DURATION,
     C_ENQUEUED_AT,
+    C_QUEUE,
     C_SIZE,
+    C_SPAN_ID,
     C_STARTED_AT,
+    C_TRACE_ID,
     C_X,
     EventType,
     job_row,
@@ -166,23 +170,37 @@ def _started_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
     return collector.recorder.identity, row
 
 
-@row_builder
-def _succeeded_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
-    """An attempt's success; one that carries its start too (``started_at``, args) when ``alone``."""
-    _, collector, message, state, t1, cpu1, ts, alone = item
+def _succeeded_row(collector: Collector, message: Any, state: _Running | None, t1: float,
+                   cpu1: float | None, alone: bool) -> list[Any]:
+    """An attempt's success as a finished row, built on the job's thread (see RowQueue).
+
+    It carries its start too (``started_at``, the arguments) when ``alone``. The broker's default
+    queue and the enqueue time's label (a string) are made final on the emitter's thread by
+    :meth:`Collector._finish_rows`. The row keeps no label dict alive: each object a row holds until
+    the send adds to the garbage collector's count (see RowQueue).
+    """
+    task_id = message.task_id
+    labels = message.labels
+    row = [_SUCCEEDED, _now(), task_id, message.task_name, labels.get("queue_name"), None,
+           collector._max_attempts(labels), None, None, None, labels.get(LABEL_ENQUEUED_AT),
+           labels.get(LABEL_CORRELATION) or task_id, None, None, None, None, None, None]
     if state is None:  # a post_execute without its pre_execute (another middleware skipped it)
-        return collector.recorder.identity, _row(collector, _SUCCEEDED, ts, message, None, None)
+        return row
     _, _, retries, t0, cpu0, started, trace = state
     duration = t1 - t0
-    row = _row(collector, _SUCCEEDED, ts, message, _attempt(retries), trace)
+    row[C_ATTEMPT] = (retries if type(retries) is int else _int(retries, 0)) + 1
     row[C_DURATION] = round(duration * 1000.0, 3)
-    collector._cpu.learn(message.task_name, duration)
-    if cpu1 is not None and cpu0 is not None:
-        row[C_CPU] = round((cpu1 - cpu0) * 1000.0, 3)
+    if cpu0 is not None:  # a sampled run: it decides the task's next ones
+        collector._cpu.learn(message.task_name, duration)
+        if cpu1 is not None:
+            row[C_CPU] = round((cpu1 - cpu0) * 1000.0, 3)
+    if trace is not None:
+        row[C_TRACE_ID], row[C_SPAN_ID] = trace.get("trace_id"), trace.get("span_id")
     if alone:
         row[C_STARTED_AT] = started
-        row[C_ARGS] = preview(message.args, message.kwargs, collector.recorder.emitter.redactor)
-    return collector.recorder.identity, row
+        args, kwargs = message.args, message.kwargs  # args alone (a list) keeps one object alive, not three
+        row[C_ARGS] = args if not kwargs and type(args) is list else (args, kwargs)
+    return row
 
 
 class _SizingFormatter:
@@ -234,6 +252,7 @@ class Collector(TaskiqMiddleware):
         #: The emitter's held starts and its emit, looked up once: the job's path is a dict store and a call.
         self._held = self.recorder.emitter.held
         self._emit = self.recorder.emitter.emit
+        self._rows = self.recorder.emitter.row_queue(lambda: self.recorder.identity, self._finish_rows)
         self._enabled = config.enabled
         self._instance = next(_instances)
         self._run_prefix = f"{os.getpid()}.{self._instance}:"  # also the held starts' keys: unique per process
@@ -427,7 +446,7 @@ class Collector(TaskiqMiddleware):
                     self._retry_delays.pop(run, None)
                 if self._enabled:  # its start folded in when that was never sent
                     alone = state is not None and self._held.pop(run, None) is not None
-                    self._emit((_succeeded_row, self, message, state, t1, cpu1, _now(), alone))
+                    self._rows.add(_succeeded_row(self, message, state, t1, cpu1, alone))
                 return
             self._ended_in_error(message, result, run, state, t1, cpu1)
         except Exception:
@@ -443,7 +462,7 @@ class Collector(TaskiqMiddleware):
         if error is None or isinstance(exc, NoResultError):
             if self._enabled:
                 alone = state is not None and self._held.pop(run, None) is not None
-                self._emit((_succeeded_row, self, message, state, t1, cpu1, _now(), alone))
+                self._rows.add(_succeeded_row(self, message, state, t1, cpu1, alone))
             return
         rec.emitter.release(run)  # a failure is sent as two events, as it always was
         self._failed(message, state, t1, cpu1, error, exc, retry_delay)
@@ -468,6 +487,15 @@ class Collector(TaskiqMiddleware):
         rec.emit(EventType.JOB_FAILED, **fields)
 
     # --- helpers ------------------------------------------------------------------------------
+
+    def _finish_rows(self, rows: list[list[Any]]) -> None:
+        """Complete success rows: the broker's queue, the enqueue time as a number (the emitter's thread)."""
+        for row in rows:
+            if row[C_QUEUE] is None:
+                row[C_QUEUE] = getattr(self.broker, "queue_name", None)
+            enqueued_at = row[C_ENQUEUED_AT]
+            if enqueued_at is not None and type(enqueued_at) is not float:
+                row[C_ENQUEUED_AT] = _float(enqueued_at)
 
     def _queue(self, labels: dict[str, Any]) -> str | None:
         return labels.get("queue_name") or getattr(self.broker, "queue_name", None)

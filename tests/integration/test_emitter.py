@@ -367,3 +367,45 @@ def test_a_job_that_ends_before_the_next_send_costs_one_event(stream_name: str) 
         ("job-succeeded", "slow", None, None),
     ]
     assert emitter.sent == emitter.emitted == 3 and emitter.dropped == 0
+
+
+def _finished_row(job_id: str, args: object) -> list:
+    row: list = [None] * len(ROW_COLS)
+    row[ROW_COLS.index("type")], row[ROW_COLS.index("ts")] = "job-succeeded", 1700000000.0
+    row[ROW_COLS.index("job_id")], row[ROW_COLS.index("args")] = job_id, args
+    return row
+
+
+def test_row_queue_rows_are_sent_with_their_arguments_previewed_and_the_oldest_dropped_when_full(
+        stream_name: str) -> None:
+    """Rows added on job threads reach the stream whole, in order, with ``(args, kwargs)`` or a bare
+    args list made into the redacted preview; beyond capacity the oldest go and are counted; after
+    ``close`` a new row starts the sending thread again."""
+    emitter = Emitter(REDIS_URL, stream_name, maxlen=0, flush_interval=0.05, buffer_size=300)
+    identity = ("dramatiq", "shop", "host-1", 42, "host-1:42:a")
+    queue = emitter.row_queue(lambda: identity)
+
+    def add_many(first: int) -> None:
+        for i in range(first, first + 100):
+            queue.add(_finished_row(f"t{i}", ([i], {"password": "hunter2"}) if i % 2 else [i]))
+
+    threads = [threading.Thread(target=add_many, args=(n * 100,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert emitter.flush(10)
+    got = {e["job_id"]: e for e in stream_events(stream_name)}
+    assert sorted(got) == sorted(f"t{i}" for i in range(300))
+    assert got["t7"]["args"] == '{"args":[7],"kwargs":{"password":"[redacted]"}}' and got["t8"]["args"] == '{"args":[8]}'
+    assert got["t7"]["worker"] == "host-1:42:a" and emitter.dropped == 0
+
+    assert emitter.close()
+    emitter.flush_interval = 60.0  # the restarted thread sends only when flushed
+    for i in range(1000, 1400):  # the first add starts the thread again, the rest only queue
+        queue.add(_finished_row(f"t{i}", None))
+    assert emitter._thread is not None and len(queue) == 400
+    assert emitter.flush(10)
+    late = [e["job_id"] for e in stream_events(stream_name) if int(e["job_id"][1:]) >= 1000]
+    assert emitter.dropped == 100 and late[0] == "t1100" and len(late) == 300
+    emitter.close()
