@@ -73,10 +73,11 @@ from .constants import HEARTBEAT_INTERVAL_S
 from .emitter import row_builder
 from .events import (
     C_ARGS,
-    C_DURATION,
     C_ENQUEUED_AT,
     C_ETA,
+    C_SPAN_ID,
     C_STARTED_AT,
+    C_TRACE_ID,
     C_X,
     EventType,
     cap_text,
@@ -280,6 +281,7 @@ class _Run:
 
 _now = time.time
 _monotonic = time.monotonic
+_SUCCEEDED = EventType.JOB_SUCCEEDED
 
 
 # --- rows completed on the emitter's thread (see Emitter: deferred events, rows) ---------------------
@@ -313,18 +315,40 @@ def _started_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
     return state.recorder.identity, row
 
 
-@row_builder
-def _succeeded_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
-    """An attempt's success; one that carries its start too (``started_at``, args) when ``alone``."""
-    _, state, run, t1, result, ts, alone = item
-    row = _row(state, EventType.JOB_SUCCEEDED, ts, run)
-    row[C_DURATION] = round((t1 - run.t0) * 1000.0, 3)
+def _succeeded_row(state: _WorkerState, run: _Run, t1: float, result: str | None, alone: bool) -> list[Any]:
+    """An attempt's success as a finished row, built on the job's thread (see RowQueue).
+
+    It carries its start too (``started_at``, the arguments, enqueue and deferred-to times) when
+    ``alone``; those two times are left raw (a datetime, milliseconds) for :func:`_finish_rows`.
+    """
+    spec, trace = run.spec, run.trace
+    max_tries = spec.max_tries
+    row = [_SUCCEEDED, _now(), run.job_id, spec.name, state.worker.queue_name, run.attempt,
+           state.worker.max_tries if max_tries is None else max_tries, None, round((t1 - run.t0) * 1000.0, 3),
+           None, None, None, None, None, None, None, None, None]
+    if trace is not None:
+        row[C_TRACE_ID], row[C_SPAN_ID] = trace.get("trace_id"), trace.get("span_id")
+    if spec.cron:
+        row[C_X] = {"schedule": spec.name}
     if result is not None:
         set_extra(row, "result", result)
     if alone:
         row[C_STARTED_AT] = run.ts
-        _add_start(state, row, run)
-    return state.recorder.identity, row
+        args, kwargs = run.args, run.kwargs  # args alone, as a list: one object kept until the send, not three
+        row[C_ARGS] = (args, kwargs) if kwargs else list(args)
+        row[C_ENQUEUED_AT] = run.enqueue_time
+        row[C_ETA] = run.score
+    return row
+
+
+def _finish_rows(rows: list[list[Any]]) -> None:
+    """The raw times of the starts folded into success rows, as unix seconds (the emitter's thread)."""
+    for row in rows:
+        enqueue_time, score = row[C_ENQUEUED_AT], row[C_ETA]
+        if enqueue_time is not None:
+            row[C_ENQUEUED_AT] = enqueue_time.timestamp() if isinstance(enqueue_time, datetime) else None
+        if score is not None:
+            row[C_ETA] = score / 1000.0 if isinstance(score, (int, float)) else None
 
 
 # --- the Worker class patches ------------------------------------------------------------------
@@ -526,6 +550,7 @@ class _WorkerState:
         self.setup = setup
         self.worker = worker
         self.recorder = Recorder(LIB, setup.config)
+        self._rows = self.recorder.emitter.row_queue(lambda: self.recorder.identity, _finish_rows)
         self.crons: dict[str, Any] = {cj.name: cj for cj in getattr(worker, "cron_jobs", ()) or ()}
         self.lag = LoopLagMonitor()
         self._beats: list[Heartbeat] = []
@@ -661,7 +686,7 @@ class _WorkerState:
             rec = self.recorder
             if rec.config.enabled:  # its start folded in when that was never sent
                 alone = rec.emitter.settle(run) is not None
-                rec.emitter.emit((_succeeded_row, self, run, t1, preview, _now(), alone))
+                self._rows.add(_succeeded_row(self, run, t1, preview, alone))
         except Exception:
             hook_failed("arq job end")
 

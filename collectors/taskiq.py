@@ -121,11 +121,11 @@ def _worker_args() -> Any:
         return None
 
 
-#: One attempt between pre_execute and post_execute, as the job's path snapshots it: ``(message, seq,
-#: retries, t0, cpu0, ts, trace)`` -- the "_retries" label as it began (a retry changes it later),
-#: perf-counter and CPU clocks, unix start time, trace ids. A tuple: a class's ``__init__`` cost a
-#: no-op job 0.4 µs. Attempt number, queue, max_attempts and enqueue time are worked out from the
-#: message when its row is built, on the emitter's thread.
+#: One attempt between pre_execute and post_execute, as the job's path snapshots it: ``(_started_row,
+#: collector, message, seq, retries, t0, cpu0, ts, trace)`` -- the "_retries" label as it began (a
+#: retry changes it later), perf-counter and CPU clocks, unix start time, trace ids. A tuple: a class's
+#: ``__init__`` cost a no-op job 0.4 µs. It is also the emitter's held start (a builder and its
+#: arguments), so one tuple serves both.
 _Running = tuple
 
 
@@ -163,8 +163,7 @@ def _enqueued_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
 @row_builder
 def _started_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
     """A start sent on its own: its job was still running when the emitter sent."""
-    _, collector, state = item
-    message, _, retries, _, _, ts, trace = state
+    _, collector, message, _, retries, _, _, ts, trace = item
     row = _row(collector, _STARTED, ts, message, _attempt(retries), trace)
     row[C_ARGS] = preview(message.args, message.kwargs, collector.recorder.emitter.redactor)
     return collector.recorder.identity, row
@@ -186,7 +185,7 @@ def _succeeded_row(collector: Collector, message: Any, state: _Running | None, t
            labels.get(LABEL_CORRELATION) or task_id, None, None, None, None, None, None]
     if state is None:  # a post_execute without its pre_execute (another middleware skipped it)
         return row
-    _, _, retries, t0, cpu0, started, trace = state
+    _, _, _, _, retries, t0, cpu0, started, trace = state
     duration = t1 - t0
     row[C_ATTEMPT] = (retries if type(retries) is int else _int(retries, 0)) + 1
     row[C_DURATION] = round(duration * 1000.0, 3)
@@ -395,11 +394,11 @@ class Collector(TaskiqMiddleware):
             if len(running) >= _MAX_TRACKED:
                 running.clear()
             run = labels[LABEL_RUN] = self._run_prefix + str(seq)  # labels travel as strings
-            state = running[run] = (message, seq, labels.get("_retries"), _perf(), cpu0, _now(),
-                                    current_trace() if _OTEL in _modules else None)
+            state = running[run] = (_started_row, self, message, seq, labels.get("_retries"), _perf(), cpu0,
+                                    _now(), current_trace() if _OTEL in _modules else None)
             _current_job.set(message)  # each message runs in its own task: its context ends with it
             if self._enabled:  # held: a job that ends before the next send costs one row
-                self._held[run] = (_started_row, self, state)
+                self._held[run] = state
         except Exception:
             hook_failed("taskiq.pre_execute")
         return message
@@ -414,7 +413,7 @@ class Collector(TaskiqMiddleware):
         }
         if state is not None:
             fields["queue"] = self._queue(labels)
-            _, _, retries, t0, cpu0, _, _ = state
+            _, _, _, _, retries, t0, cpu0, _, _ = state
             fields["attempt"] = _attempt(retries)
             fields["max_attempts"] = self._max_attempts(labels)
             fields["enqueued_at"] = _float(labels.get(LABEL_ENQUEUED_AT))
@@ -438,7 +437,7 @@ class Collector(TaskiqMiddleware):
             running = self._running
             state = running.pop(run, None)
             cpu1 = None
-            if state is not None and state[4] is not None and state[1] == self._seq and not running:
+            if state is not None and state[6] is not None and state[3] == self._seq and not running:
                 cpu1 = _process_time()
             if not result.is_err:
                 if self._errors or self._retry_delays:

@@ -215,17 +215,19 @@ def _table(results: list[dict[str, Any]]) -> str:
     nan = float("nan")
     lines = [
         f"{'library':<9} {'µs/job (job thread)':>20} {'µs/job (emitter)':>17} {'jobs/s without':>15} "
-        f"{'jobs/s with':>12} {'loss %':>7} {'CPU loss % (≥)':>18}  load",
+        f"{'jobs/s with':>12} {'loss % (median)':>16} {'(best-of)':>10} {'CPU loss % (median)':>20}  load",
     ]
     for r in results:
         lines.append(
             f"{r['lib']:<9} {r['us_per_job']:>20.2f} {r.get('emitter_us_per_job_inproc', nan):>17.2f} "
             f"{r.get('jobs_per_s_without', nan):>15.1f} {r.get('jobs_per_s_with', nan):>12.1f} "
-            f"{r.get('loss_pct', nan):>7.2f} {r.get('cpu_loss_pct_estimate', nan):>18.2f}"
+            f"{r.get('loss_pct_median', nan):>16.2f} {r.get('loss_pct', nan):>10.2f} "
+            f"{r.get('cpu_loss_pct_median', nan):>20.2f}"
             f"  {r['load_avg'][0]:.2f}→{r['load_avg'][1]:.2f}"
         )
-    lines.append("  (job thread and emitter: in-process, pinned; loss: best-of worker runs; CPU loss (≥): those "
-                 "two over the worker's CPU per no-op job, a lower bound: a real worker's hooks run with cold caches)")
+    lines.append("  (job thread and emitter: in-process, pinned, best-of; jobs/s: best-of worker runs; loss: the median "
+                 "of each back-to-back pair's, which a noisy VM moves least, and the best-of runs'; CPU loss: the "
+                 "worker's CPU per job, all threads, with against without, median of pairs)")
     for r in results:
         if "floor_us_per_job" in r:
             lines.append(f"  {r['lib']}: of the job thread's {r['us_per_job']:.2f} µs, {r['floor_us_per_job']:.2f} µs is "
