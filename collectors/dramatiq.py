@@ -64,11 +64,14 @@ from .constants import HEARTBEAT_INTERVAL_S
 from .emitter import row_builder
 from .events import (
     C_ARGS,
-    C_CPU,
     C_DURATION,
     C_ENQUEUED_AT,
+    C_MAX_ATTEMPTS,
+    C_QUEUE,
+    C_SPAN_ID,
     C_STARTED_AT,
     C_TASK,
+    C_TRACE_ID,
     C_X,
     EventType,
     cap_text,
@@ -99,6 +102,7 @@ OPTION_CORRELATION = "fb_correlation_id"
 
 
 _now = time.time
+_SUCCEEDED = EventType.JOB_SUCCEEDED
 _monotonic = time.monotonic
 _thread_time = time.thread_time
 _get_ident = threading.get_ident
@@ -205,23 +209,48 @@ def _started_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
     return rec.identity, row
 
 
-@row_builder
-def _succeeded_row(item: tuple[Any, ...]) -> tuple[Any, list[Any]]:
-    """An attempt's success; one that carries its start too (``started_at``, args) when ``alone``."""
-    _, collector, broker, run, ts, alone = item
-    row = _row(broker, EventType.JOB_SUCCEEDED, ts, run)
-    duration = run.t1 - run.t0
-    row[C_DURATION] = round(duration * 1000.0, 3)
-    collector._cpu.learn(row[C_TASK], duration)
-    if run.cpu1 is not None and run.cpu0 is not None:
-        row[C_CPU] = round((run.cpu1 - run.cpu0) * 1000.0, 3)
-    rec = collector.recorder
+def _succeeded_row(collector: Collector, broker: Any, run: _Attempt, alone: bool) -> list[Any]:
+    """An attempt's success as a finished row, built on the worker thread (see RowQueue).
+
+    It carries its start too (``started_at``, arguments, enqueue time, periodiq slot) when ``alone``.
+    Left raw for :func:`_finish_rows`: the queue's name as the message has it (``.DQ`` for a delayed
+    one), the duration in seconds, and ``(broker, max_retries option)`` for max_attempts.
+    """
+    message = run.message
+    message_id = message.message_id
+    options = message.options
+    duration = run.t1 - run.t0  # type: ignore[operator]
+    cpu0, cpu1 = run.cpu0, run.cpu1
+    cpu_ms = None
+    if cpu0 is not None:  # a sampled run: it decides the actor's next ones
+        collector._cpu.learn(message.actor_name, duration)
+        if cpu1 is not None:
+            cpu_ms = round((cpu1 - cpu0) * 1000.0, 3)
+    row = [_SUCCEEDED, _now(), message_id, message.actor_name, message.queue_name, run.attempt,
+           (broker, options.get("max_retries", _MISSING)), None, duration, cpu_ms, None,
+           options.get(OPTION_CORRELATION) or message_id, None, None, None, None, None, None]
+    trace = run.trace
+    if trace is not None:
+        row[C_TRACE_ID], row[C_SPAN_ID] = trace.get("trace_id"), trace.get("span_id")
     if alone:
         row[C_STARTED_AT] = run.ts
-        _add_start(rec, row, run)
+        row[C_ENQUEUED_AT] = message.message_timestamp / 1000.0
+        row[C_ARGS] = (message.args, message.kwargs)
+        if message.options.get("scheduled_at"):
+            schedule, slot = _schedule_of(message)
+            row[C_X] = {"schedule": schedule, "slot": slot}
     if run.result is not None:
         set_extra(row, "result", run.result)
-    return rec.identity, row
+    return row
+
+
+def _finish_rows(rows: list[list[Any]]) -> None:
+    """Success rows made final on the emitter's thread (see _succeeded_row)."""
+    for row in rows:
+        row[C_QUEUE] = q_name(row[C_QUEUE])  # its own name, not its delay or dead-letter queue's
+        broker, option = row[C_MAX_ATTEMPTS]
+        row[C_MAX_ATTEMPTS] = _max_attempts_for(broker, row[C_TASK], option)
+        row[C_DURATION] = round(row[C_DURATION] * 1000.0, 3)
 
 
 class Collector(Middleware):
@@ -240,6 +269,7 @@ class Collector(Middleware):
     ) -> None:
         self.config = CollectorConfig.resolve(app, redis_url, stream, capture_args, redact)
         self.recorder = Recorder(LIB, self.config)
+        self._rows = self.recorder.emitter.row_queue(lambda: self.recorder.identity, _finish_rows)
         self.heartbeat_interval = heartbeat_interval
         self._scheduler = scheduler
         self._reset()
@@ -447,7 +477,7 @@ class Collector(Middleware):
         if ok:
             if rec.config.enabled:  # its start folded in when that was never sent
                 alone = rec.emitter.settle(run) is not None
-                rec.emitter.emit((_succeeded_row, self, broker, run, _now(), alone))
+                self._rows.add(_succeeded_row(self, broker, run, alone))
             return
         rec.emitter.release(run)  # a failure is sent as two events, as it always was
         fields = run.fields(broker)
@@ -559,34 +589,42 @@ _MISSING: Any = object()
 
 
 def _max_attempts(broker: Any, message: Any) -> int | None:
-    """Attempts the Retries middleware allows this message (1 without it, None under retry_when).
+    """Attempts the Retries middleware allows this message (1 without it, None under retry_when)."""
+    return _max_attempts_for(broker, message.actor_name, message.options.get("max_retries", _MISSING))
 
-    Remembered per broker, actor and message option: it is asked for every event about a job.
+
+def _max_attempts_for(broker: Any, actor_name: str, max_retries_option: Any) -> int | None:
+    """Attempts the Retries middleware allows a message of ``actor_name`` with that ``max_retries``
+    option (``_MISSING`` when it has none).
+
+    Remembered per broker, actor and option: it is asked for every event about a job.
     """
-    key = (message.actor_name, message.options.get("max_retries", _MISSING), len(broker.middleware))
+    key = (actor_name, max_retries_option, len(broker.middleware))
     try:
         cache = broker.__dict__.setdefault("_flowerbed_max_attempts", {})
     except AttributeError:  # a broker without __dict__
-        return _compute_max_attempts(broker, message)
+        return _compute_max_attempts(broker, actor_name, max_retries_option)
     value = cache.get(key, _MISSING)
     if value is _MISSING:
         if len(cache) >= 1024:
             cache.clear()
-        value = cache[key] = _compute_max_attempts(broker, message)
+        value = cache[key] = _compute_max_attempts(broker, actor_name, max_retries_option)
     return value  # type: ignore[no-any-return]
 
 
-def _compute_max_attempts(broker: Any, message: Any) -> int | None:
+def _compute_max_attempts(broker: Any, actor_name: str, max_retries_option: Any) -> int | None:
     retries = _middleware(broker, Retries)
     if retries is None:
         return 1
     try:
-        actor = broker.get_actor(message.actor_name)
+        actor = broker.get_actor(actor_name)
     except Exception:
         return None
     if actor.options.get("retry_when", retries.retry_when) is not None:
         return None
-    max_retries = message.options.get("max_retries", actor.options.get("max_retries", retries.max_retries))
+    max_retries = max_retries_option
+    if max_retries is _MISSING:
+        max_retries = actor.options.get("max_retries", retries.max_retries)
     return None if max_retries is None else int(max_retries) + 1
 
 

@@ -15,11 +15,11 @@ sent together go into one stream entry (field ``b``, :func:`events.rows_entry`):
 events cost one serialiser call, one id and one XADD per batch rather than per event.
 
 A busy collector's finished job events skip all of that: its job's thread appends each as a *row*
-(a list in ``ROW_COLS`` order, its values final but for the few cells a queue's ``finish`` completes)
-to a :class:`RowQueue`; the thread takes a queue's rows in one pass and serialises them with one
-call per entry. Building an event on the thread that sends it cost a no-op job ~3-6 µs of the
-worker's CPU, and the job objects it kept alive until then set off the garbage collector (Celery:
-60 young collections per 5,000 jobs against 1).
+(``ROW_COLS`` values, final but for the few cells a queue's ``finish`` completes) to a
+:class:`RowQueue`, flat in one deque; the thread takes a queue's rows in one pass and serialises
+them with one call per entry. Deferred events kept the job's objects alive until the next send, and
+in a busy worker those set off the garbage collector (Celery: 60 young collections per 5,000 jobs
+against 1; a row queue's rows hold none).
 
 A job's start is not queued but *held* (:meth:`Emitter.begin`): at its end the job's hook takes it
 back (:meth:`Emitter.settle`) and, if it was never sent, queues one row for both: its end carrying

@@ -120,6 +120,7 @@ def test_worker_reports_every_outcome(make_lab: Callable[..., DramatiqLab], brok
     assert "hunter2" not in json.dumps([e for e in events if e["type"] != "job-failed"])
     [done] = of(events, "job-succeeded", job_id=ok)
     assert done["attempt"] == 1 and done["max_attempts"] == 21 and done["duration_ms"] >= 0 and "cpu_ms" in done
+    assert done["queue"] == lab.queue and json.loads(done["args"]) == json.loads(enq["args"])
 
     # Retried once: attempt 1 failed (not final, with the backoff Retries chose), attempt 2 succeeded.
     [f1] = of(events, "job-failed", job_id=flaky)
