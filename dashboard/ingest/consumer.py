@@ -47,6 +47,8 @@ class Backend(Protocol):
 
     def drain(self) -> None: ...
 
+    def settle(self) -> None: ...
+
     def close(self) -> None: ...
 
     def pids(self) -> list[int]: ...
@@ -183,6 +185,8 @@ class _Session:
             entries = reply[0][1] if reply else []
             if entries:
                 self._submit(entries)
+            if len(entries) < count:  # caught up: acknowledge what has been committed meanwhile
+                self.backend.settle()
             now = time.monotonic()
             if len(entries) < count and now - last_lost >= lost_every:
                 last_lost = now

@@ -233,6 +233,9 @@ class PostgresBackend:
     def drain(self) -> None:
         """Nothing is in flight between calls."""
 
+    def settle(self) -> None:
+        """Nothing is in flight between calls: each batch is acknowledged after its commit."""
+
     async def _transaction(self, fn: Any, *args: Any) -> _Result:
         for attempt in range(8):
             res = _Result()
