@@ -73,11 +73,10 @@ from .constants import HEARTBEAT_INTERVAL_S
 from .emitter import row_builder
 from .events import (
     C_ARGS,
+    C_DURATION,
     C_ENQUEUED_AT,
     C_ETA,
-    C_SPAN_ID,
     C_STARTED_AT,
-    C_TRACE_ID,
     C_X,
     EventType,
     cap_text,
@@ -321,13 +320,11 @@ def _succeeded_row(state: _WorkerState, run: _Run, t1: float, result: str | None
     It carries its start too (``started_at``, the arguments, enqueue and deferred-to times) when
     ``alone``; those two times are left raw (a datetime, milliseconds) for :func:`_finish_rows`.
     """
-    spec, trace = run.spec, run.trace
+    spec = run.spec
     max_tries = spec.max_tries
-    row = [_SUCCEEDED, _now(), run.job_id, spec.name, state.worker.queue_name, run.attempt,
-           state.worker.max_tries if max_tries is None else max_tries, None, round((t1 - run.t0) * 1000.0, 3),
-           None, None, None, None, None, None, None, None, None]
-    if trace is not None:
-        row[C_TRACE_ID], row[C_SPAN_ID] = trace.get("trace_id"), trace.get("span_id")
+    row = job_row(_SUCCEEDED, _now(), run.job_id, spec.name, state.worker.queue_name, run.attempt,
+                  state.worker.max_tries if max_tries is None else max_tries, None, run.trace)
+    row[C_DURATION] = round((t1 - run.t0) * 1000.0, 3)
     if spec.cron:
         row[C_X] = {"schedule": spec.name}
     if result is not None:

@@ -36,11 +36,11 @@ from .config import CollectorConfig
 from .emitter import row_builder
 from .events import (
     C_ARGS,
+    C_CPU,
+    C_DURATION,
     C_ENQUEUED_AT,
     C_ETA,
-    C_SPAN_ID,
     C_STARTED_AT,
-    C_TRACE_ID,
     EventType,
     job_row,
     preview,
@@ -218,11 +218,9 @@ def _succeeded_row(collector: CeleryCollector, state: _Running, t1: float, cpu1:
     enqueued_at = req.get(HEADER_ENQUEUED_AT)
     if enqueued_at is not None and type(enqueued_at) is not float:
         enqueued_at = _ts(enqueued_at)
-    row = [_SUCCEEDED, _now(), job_id, task.name, info.get("routing_key") if info else None,
-           (req.get("retries") or 0) + 1, max_attempts, None, round(duration * 1000.0, 3), cpu_ms, enqueued_at,
-           req.get(HEADER_CORRELATION) or job_id, None, None, None, None, None, None]
-    if trace is not None:
-        row[C_TRACE_ID], row[C_SPAN_ID] = trace.get("trace_id"), trace.get("span_id")
+    row = job_row(_SUCCEEDED, _now(), job_id, task.name, info.get("routing_key") if info else None,
+                  (req.get("retries") or 0) + 1, max_attempts, req.get(HEADER_CORRELATION) or job_id, trace)
+    row[C_DURATION], row[C_CPU], row[C_ENQUEUED_AT] = round(duration * 1000.0, 3), cpu_ms, enqueued_at
     if collector._held.pop(job_id, None) is not None:  # its start was never sent: it rides along
         row[C_STARTED_AT] = started
         row[C_ARGS] = (args, kwargs)

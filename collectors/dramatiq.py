@@ -64,14 +64,13 @@ from .constants import HEARTBEAT_INTERVAL_S
 from .emitter import row_builder
 from .events import (
     C_ARGS,
+    C_CPU,
     C_DURATION,
     C_ENQUEUED_AT,
     C_MAX_ATTEMPTS,
     C_QUEUE,
-    C_SPAN_ID,
     C_STARTED_AT,
     C_TASK,
-    C_TRACE_ID,
     C_X,
     EventType,
     cap_text,
@@ -226,18 +225,16 @@ def _succeeded_row(collector: Collector, broker: Any, run: _Attempt, alone: bool
         collector._cpu.learn(message.actor_name, duration)
         if cpu1 is not None:
             cpu_ms = round((cpu1 - cpu0) * 1000.0, 3)
-    row = [_SUCCEEDED, _now(), message_id, message.actor_name, message.queue_name, run.attempt,
-           (broker, options.get("max_retries", _MISSING)), None, duration, cpu_ms, None,
-           options.get(OPTION_CORRELATION) or message_id, None, None, None, None, None, None]
-    trace = run.trace
-    if trace is not None:
-        row[C_TRACE_ID], row[C_SPAN_ID] = trace.get("trace_id"), trace.get("span_id")
+    row = job_row(_SUCCEEDED, _now(), message_id, message.actor_name, message.queue_name, run.attempt,
+                  (broker, options.get("max_retries", _MISSING)), options.get(OPTION_CORRELATION) or message_id,
+                  run.trace)
+    row[C_DURATION], row[C_CPU] = duration, cpu_ms
     if alone:
         row[C_STARTED_AT] = run.ts
         row[C_ENQUEUED_AT] = message.message_timestamp / 1000.0
         row[C_ARGS] = (message.args, message.kwargs)
-        if message.options.get("scheduled_at"):
-            schedule, slot = _schedule_of(message)
+        schedule, slot = _schedule_of(message)
+        if schedule is not None:
             row[C_X] = {"schedule": schedule, "slot": slot}
     if run.result is not None:
         set_extra(row, "result", run.result)

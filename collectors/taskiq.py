@@ -36,15 +36,12 @@ from .config import CollectorConfig
 from .emitter import row_builder
 from .events import (
     C_ARGS,
-    C_ATTEMPT,
     C_CPU,
     C_DURATION,
     C_ENQUEUED_AT,
     C_QUEUE,
     C_SIZE,
-    C_SPAN_ID,
     C_STARTED_AT,
-    C_TRACE_ID,
     C_X,
     EventType,
     job_row,
@@ -180,21 +177,22 @@ def _succeeded_row(collector: Collector, message: Any, state: _Running | None, t
     """
     task_id = message.task_id
     labels = message.labels
-    row = [_SUCCEEDED, _now(), task_id, message.task_name, labels.get("queue_name"), None,
-           collector._max_attempts(labels), None, None, None, labels.get(LABEL_ENQUEUED_AT),
-           labels.get(LABEL_CORRELATION) or task_id, None, None, None, None, None, None]
     if state is None:  # a post_execute without its pre_execute (another middleware skipped it)
+        retries = t0 = cpu0 = started = trace = None
+    else:
+        _, _, _, _, retries, t0, cpu0, started, trace = state
+    row = job_row(_SUCCEEDED, _now(), task_id, message.task_name, labels.get("queue_name"),
+                  None if state is None else _attempt(retries), collector._max_attempts(labels),
+                  labels.get(LABEL_CORRELATION) or task_id, trace)
+    row[C_ENQUEUED_AT] = labels.get(LABEL_ENQUEUED_AT)
+    if state is None:
         return row
-    _, _, _, _, retries, t0, cpu0, started, trace = state
     duration = t1 - t0
-    row[C_ATTEMPT] = (retries if type(retries) is int else _int(retries, 0)) + 1
     row[C_DURATION] = round(duration * 1000.0, 3)
     if cpu0 is not None:  # a sampled run: it decides the task's next ones
         collector._cpu.learn(message.task_name, duration)
         if cpu1 is not None:
             row[C_CPU] = round((cpu1 - cpu0) * 1000.0, 3)
-    if trace is not None:
-        row[C_TRACE_ID], row[C_SPAN_ID] = trace.get("trace_id"), trace.get("span_id")
     if alone:
         row[C_STARTED_AT] = started
         args, kwargs = message.args, message.kwargs  # args alone (a list) keeps one object alive, not three
