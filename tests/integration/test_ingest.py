@@ -287,6 +287,18 @@ def test_entries_are_acknowledged_only_after_the_commit(client: redis.Redis, str
         release()
 
 
+def test_a_caught_up_ingest_acknowledges_its_last_batch_at_once(client: redis.Redis, stream: str,
+                                                               store_url: str) -> None:
+    """With nothing more to read, the last committed batch is acknowledged right away, not at the next
+    send (the lost-worker check's, every 5 s with ``lost_after_s=60``)."""
+    with ingesting(settings_for(stream, store_url, lost_after_s=60.0)):
+        events = [e for i in range(3) for e in job(f"j{i}", "succeeded")]
+        emit(stream, events)
+        wait_until(lambda: acked_all(client, stream, len(events)), timeout=2.5,
+                   what="the last batch acknowledged while caught up")
+        assert query(store_url, "SELECT count(*) FROM jobs") == [(3,)]
+
+
 def test_pending_entries_of_a_dead_consumer_are_claimed(client: redis.Redis, stream: str, store_url: str) -> None:
     events = [e for i in range(20) for e in job(f"j{i}", "succeeded")]
     emit(stream, events)
