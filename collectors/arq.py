@@ -78,6 +78,7 @@ from .events import (
     C_ETA,
     C_STARTED_AT,
     C_X,
+    ROW_WIDTH,
     EventType,
     cap_text,
     job_row,
@@ -324,7 +325,7 @@ def _succeeded_row(state: _WorkerState, run: _Run, t1: float, result: str | None
     max_tries = spec.max_tries
     row = job_row(_SUCCEEDED, _now(), run.job_id, spec.name, state.worker.queue_name, run.attempt,
                   state.worker.max_tries if max_tries is None else max_tries, None, run.trace)
-    row[C_DURATION] = round((t1 - run.t0) * 1000.0, 3)
+    row[C_DURATION] = int((t1 - run.t0) * 1e6 + 0.5) / 1e3  # ms to the µs; round(x, 3) costs 7 times this
     if spec.cron:
         row[C_X] = {"schedule": spec.name}
     if result is not None:
@@ -338,14 +339,16 @@ def _succeeded_row(state: _WorkerState, run: _Run, t1: float, result: str | None
     return row
 
 
-def _finish_rows(rows: list[list[Any]]) -> None:
-    """The raw times of the starts folded into success rows, as unix seconds (the emitter's thread)."""
-    for row in rows:
-        enqueue_time, score = row[C_ENQUEUED_AT], row[C_ETA]
-        if enqueue_time is not None:
-            row[C_ENQUEUED_AT] = enqueue_time.timestamp() if isinstance(enqueue_time, datetime) else None
-        if score is not None:
-            row[C_ETA] = score / 1000.0 if isinstance(score, (int, float)) else None
+def _finish_rows(cells: list[Any]) -> None:
+    """The raw times of the starts folded into success rows, as unix seconds (the emitter's thread,
+    a column at a time: see RowQueue)."""
+    cells[C_ENQUEUED_AT::ROW_WIDTH] = [t if t is None else t.timestamp() if isinstance(t, datetime) else None
+                                       for t in cells[C_ENQUEUED_AT::ROW_WIDTH]]
+    cells[C_ETA::ROW_WIDTH] = [s if s is None else s / 1000.0 if type(s) in _NUMBERS else None
+                               for s in cells[C_ETA::ROW_WIDTH]]
+
+
+_NUMBERS = frozenset({int, float})
 
 
 # --- the Worker class patches ------------------------------------------------------------------

@@ -220,7 +220,7 @@ def _succeeded_row(collector: CeleryCollector, state: _Running, t1: float, cpu1:
         enqueued_at = _ts(enqueued_at)
     row = job_row(_SUCCEEDED, _now(), job_id, task.name, info.get("routing_key") if info else None,
                   (req.get("retries") or 0) + 1, max_attempts, req.get(HEADER_CORRELATION) or job_id, trace)
-    row[C_DURATION], row[C_CPU], row[C_ENQUEUED_AT] = round(duration * 1000.0, 3), cpu_ms, enqueued_at
+    row[C_DURATION], row[C_CPU], row[C_ENQUEUED_AT] = int(duration * 1e6 + 0.5) / 1e3, cpu_ms, enqueued_at
     if collector._held.pop(job_id, None) is not None:  # its start was never sent: it rides along
         row[C_STARTED_AT] = started
         row[C_ARGS] = (args, kwargs)

@@ -72,6 +72,7 @@ from .events import (
     C_STARTED_AT,
     C_TASK,
     C_X,
+    ROW_WIDTH,
     EventType,
     cap_text,
     job_row,
@@ -241,13 +242,21 @@ def _succeeded_row(collector: Collector, broker: Any, run: _Attempt, alone: bool
     return row
 
 
-def _finish_rows(rows: list[list[Any]]) -> None:
-    """Success rows made final on the emitter's thread (see _succeeded_row)."""
-    for row in rows:
-        row[C_QUEUE] = q_name(row[C_QUEUE])  # its own name, not its delay or dead-letter queue's
-        broker, option = row[C_MAX_ATTEMPTS]
-        row[C_MAX_ATTEMPTS] = _max_attempts_for(broker, row[C_TASK], option)
-        row[C_DURATION] = round(row[C_DURATION] * 1000.0, 3)
+def _finish_rows(cells: list[Any]) -> None:
+    """Success rows made final on the emitter's thread (see _succeeded_row), a column at a time:
+    each distinct queue and ``(actor, max_retries option)`` is worked out once per send."""
+    queues = cells[C_QUEUE::ROW_WIDTH]
+    names = {queue: q_name(queue) for queue in set(queues)}  # its own name, not its delay or dead-letter queue's
+    cells[C_QUEUE::ROW_WIDTH] = list(map(names.__getitem__, queues))
+    keys = list(zip(cells[C_TASK::ROW_WIDTH], cells[C_MAX_ATTEMPTS::ROW_WIDTH]))  # (actor, (broker, option))
+    try:
+        attempts = {key: _max_attempts_for(key[1][0], key[0], key[1][1]) for key in set(keys)}
+        cells[C_MAX_ATTEMPTS::ROW_WIDTH] = list(map(attempts.__getitem__, keys))
+    except TypeError:  # an option that cannot be a dict key
+        cells[C_MAX_ATTEMPTS::ROW_WIDTH] = [_max_attempts_for(broker, actor, option)
+                                            for actor, (broker, option) in keys]
+    # Milliseconds to the microsecond: round(x, 3) costs ~1,400 machine instructions, this ~200.
+    cells[C_DURATION::ROW_WIDTH] = [int(seconds * 1e6 + 0.5) / 1e3 for seconds in cells[C_DURATION::ROW_WIDTH]]
 
 
 class Collector(Middleware):

@@ -44,7 +44,6 @@ import threading
 import time
 import weakref
 from collections import deque
-from itertools import repeat, starmap
 from typing import Any, Callable
 
 from .config import CollectorConfig
@@ -53,7 +52,7 @@ from .events import (
     C_ARGS,
     MAX_ROWS,
     RESERVED,
-    ROW_COLS,
+    ROW_WIDTH,
     Redactor,
     complete,
     dumps_bytes,
@@ -61,7 +60,7 @@ from .events import (
     encode_with_tail,
     identity_tail,
     new_event_id,
-    preview,
+    previews,
     rows_entry,
     use_fast_json,
 )
@@ -69,9 +68,6 @@ from .events import (
 __all__ = ["Emitter", "RowQueue", "get_emitter", "row_builder", "shutdown_all"]
 
 log = logging.getLogger("flowerbed.collectors")
-
-#: Cells in one row (``events.ROW_COLS``).
-ROW_WIDTH = len(ROW_COLS)
 
 _live: weakref.WeakSet[Emitter] = weakref.WeakSet()
 
@@ -88,26 +84,29 @@ def row_builder(fn: Callable[[tuple[Any, ...]], tuple[Any, list[Any]]]) -> Calla
 class RowQueue:
     """Finished job rows of one sender, added on the job's thread and sent by the emitter's.
 
-    The rows lie end to end in one deque, ``ROW_COLS``-wide, and ``add`` is that deque's own
+    The rows lie end to end in one list, ``ROW_COLS``-wide, and ``add`` is that list's own
     ``extend``: a row costs the job's thread one call into C, no frame of ours, and leaves behind
     no object the garbage collector tracks. (Rows kept as lists, or the job's objects kept, until the
     next send set off a busy worker's collections: a taskiq worker made 70 young, 7 middle and a full
-    collection per 10,000 no-op jobs against none.) ``extend`` of a list or tuple runs without
-    releasing the GIL, so rows from several threads never interleave; the emitter's thread takes
-    whole rows from the left, every ``flush_interval``, and drops the oldest beyond ``capacity``.
+    collection per 10,000 no-op jobs against none.) ``extend`` by a list or tuple runs without
+    releasing the GIL, so rows from several threads never interleave. The emitter's thread takes
+    whole rows from the front, every ``flush_interval``, as one slice and one deletion (each one
+    call into C, the GIL held throughout), and drops the oldest beyond ``capacity`` the same way;
+    the cells go on the wire as they lie (``rows_entry``), a row is never a list of its own again.
 
     The first ``add`` in a process starts the emitter's thread (then ``add`` becomes the bare
     ``extend``; a forked child starts over). ``identity()`` names the sender when rows are sent (a
     forked child's pid differs from its parent's). A row's ``args`` cell may hold ``(args, kwargs)``,
-    or ``args`` alone as a list, made into the redacted preview on the sending thread; ``finish(rows)``,
-    if given, completes any other cell a collector left raw, there too.
+    or ``args`` alone as a list, made into the redacted preview on the sending thread
+    (:func:`previews`, a column at a time); ``finish(cells)``, if given, completes any other cell a
+    collector left raw, there too, in place, a column at a time (``cells[C_…::ROW_WIDTH]``).
     """
 
     __slots__ = ("cells", "add", "identity", "finish", "_emitter", "_limit")
 
     def __init__(self, emitter: Emitter, identity: Callable[[], Any],
-                 finish: Callable[[list[list[Any]]], None] | None = None) -> None:
-        self.cells: deque[Any] = deque()
+                 finish: Callable[[list[Any]], None] | None = None) -> None:
+        self.cells: list[Any] = []
         self.identity = identity
         self.finish = finish
         self._emitter = emitter
@@ -134,16 +133,16 @@ class RowQueue:
         if over <= 0:
             return 0
         rows = -(-over // ROW_WIDTH)
-        pop = self.cells.popleft
-        for _ in range(rows * ROW_WIDTH):
-            pop()
+        del self.cells[:rows * ROW_WIDTH]
         return rows
 
-    def take(self, most: int) -> list[list[Any]]:
-        """Up to ``most`` whole rows from the left (the emitter's thread)."""
-        count = min(most, len(self.cells) // ROW_WIDTH) * ROW_WIDTH
-        flat = list(starmap(self.cells.popleft, repeat((), count)))  # popleft × count, looped in C
-        return [flat[i:i + ROW_WIDTH] for i in range(0, count, ROW_WIDTH)]
+    def take(self, most: int) -> list[Any]:
+        """The cells of up to ``most`` whole rows from the front (the emitter's thread)."""
+        cells = self.cells
+        count = min(most, len(cells) // ROW_WIDTH) * ROW_WIDTH
+        taken = cells[:count]
+        del cells[:count]  # rows added meanwhile lie after these: only the taken ones go
+        return taken
 
 
 class Emitter:
@@ -452,9 +451,9 @@ class Emitter:
             if budget > 0 and queue.cells:
                 budget -= self._take_rows(batch, queue, budget, redactor)
         rows_fns = _ROW_BUILDERS
-        groups: dict[Any, list[Any]] = {}
+        groups: dict[Any, list[Any]] = {}  # identity -> the cells of its rows, end to end
         last_identity: Any = None
-        last_rows: list[Any] = []
+        last_cells: list[Any] = []
         for _ in range(min(budget, len(buf))):
             try:
                 event = buf.popleft()
@@ -464,12 +463,14 @@ class Emitter:
                 try:
                     identity, row = event[0](event)
                 except Exception:
+                    row = None
+                if row is None or len(row) != ROW_WIDTH:
                     self.dropped += 1
                     continue
                 if identity is not last_identity:
                     last_identity = identity
-                    last_rows = groups.get(identity) or groups.setdefault(identity, [])
-                last_rows.append(row)
+                    last_cells = groups.get(identity) or groups.setdefault(identity, [])
+                last_cells += row
                 continue
             try:
                 data = self._encode(event, redactor)
@@ -479,52 +480,50 @@ class Emitter:
                 self.dropped += 1
                 continue
             batch.add(head, data, 1)
-        for identity, rows in groups.items():
-            for i in range(0, len(rows), MAX_ROWS):
-                self._add_rows(batch, identity, rows[i:i + MAX_ROWS])
+        step = MAX_ROWS * ROW_WIDTH
+        for identity, cells in groups.items():
+            for i in range(0, len(cells), step):
+                self._add_rows(batch, identity, cells[i:i + step])
         return batch
 
     def _take_rows(self, batch: _Batch, queue: RowQueue, most: int, redactor: Redactor) -> int:
         """Up to ``most`` of a row queue's rows into the batch, their raw cells completed; how many."""
-        rows = queue.take(most)
-        for row in rows:
-            args = row[C_ARGS]
-            if args is not None and type(args) is not str:
-                try:
-                    row[C_ARGS] = preview(args, None, redactor) if type(args) is list else preview(args[0], args[1], redactor)
-                except Exception:
-                    row[C_ARGS] = None
-        self.emitted += len(rows)
+        cells = queue.take(most)
+        count = len(cells) // ROW_WIDTH
+        self.emitted += count
         try:
+            cells[C_ARGS::ROW_WIDTH] = previews(cells[C_ARGS::ROW_WIDTH], redactor)
             identity = queue.identity()
             if queue.finish is not None:
-                queue.finish(rows)
+                queue.finish(cells)
         except Exception:
-            self.dropped += len(rows)
-            return len(rows)
-        for i in range(0, len(rows), MAX_ROWS):
-            self._add_rows(batch, identity, rows[i:i + MAX_ROWS])
-        return len(rows)
+            self.dropped += count
+            return count
+        step = MAX_ROWS * ROW_WIDTH
+        for i in range(0, len(cells), step):
+            self._add_rows(batch, identity, cells[i:i + step] if len(cells) > step else cells)
+        return count
 
-    def _add_rows(self, batch: _Batch, identity: Any, rows: list[Any]) -> None:
-        """One ``b`` entry for ``rows`` of one sender; halved until each entry fits the size limit."""
+    def _add_rows(self, batch: _Batch, identity: Any, cells: list[Any]) -> None:
+        """One ``b`` entry for the rows in ``cells`` of one sender; halved until each entry fits the size limit."""
+        rows = len(cells) // ROW_WIDTH
         try:
-            data = dumps_bytes(rows_entry(new_event_id(), identity, rows))
+            data = dumps_bytes(rows_entry(new_event_id(), identity, cells))
         except Exception:
-            self.dropped += len(rows)
+            self.dropped += rows
             return
         if len(data) > MAX_EVENT_BYTES:
-            if len(rows) == 1:
+            if rows == 1:
                 self.dropped += 1
                 return
-            half = len(rows) // 2
-            self._add_rows(batch, identity, rows[:half])
-            self._add_rows(batch, identity, rows[half:])
+            half = rows // 2 * ROW_WIDTH
+            self._add_rows(batch, identity, cells[:half])
+            self._add_rows(batch, identity, cells[half:])
             return
         head = self._rows_head
         if head is None:
             head = self._rows_head = _xadd_head(self.stream, self.maxlen, ROWS_FIELD)
-        batch.add(head, data, len(rows))
+        batch.add(head, data, rows)
 
     def _encode(self, event: Any, redactor: Redactor) -> bytes | None:
         """One queued event as stream bytes (see the module docstring for what may be queued)."""

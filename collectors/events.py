@@ -61,7 +61,10 @@ __all__ = [
     "job_row",
     "set_extra",
     "rows_entry",
+    "ROW_WIDTH",
+    "previews",
     "decode_rows",
+    "entry_rows",
     "entry_events",
     "preview",
     "cap_payload",
@@ -364,6 +367,55 @@ def preview(args: Any, kwargs: Any, redactor: Redactor) -> str | None:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+_LIST_OR_NONE: Final = frozenset({list, type(None)})
+_PLAIN_OR_STR: Final = _PLAIN | {str}
+
+
+def previews(cells: list[Any], redactor: Redactor) -> list[str | None]:
+    """The preview of each row's ``args`` cell, a whole column at once (the emitter's thread).
+
+    A cell holds a preview already (a string), nothing, ``args`` alone as a list, or ``(args,
+    kwargs)`` (see ``emitter.RowQueue``). When every cell is nothing or a list of at most 16 numbers
+    and short strings, as most jobs' are, :func:`preview`'s checks run in C over the whole column and
+    a row costs one serialiser call and no frame of ours (~0.3 µs against ~1.3 µs a row); the same
+    previews come out either way.
+    """
+    if not redactor.capture_args:
+        return [None] * len(cells)
+    if not _plain_lists(cells):
+        return [_preview_cell(cell, redactor) for cell in cells]
+    dumps = _dumps_bytes
+    texts = [cell if cell is None else dumps({"args": cell}).decode() if cell else "{}" for cell in cells]
+    limit = redactor.args_limit
+    if max(map(len, filter(None, texts)), default=0) > limit:
+        texts = [text if text is None or len(text) <= limit else text[:limit] + "…" for text in texts]
+    return texts
+
+
+def _plain_lists(cells: list[Any]) -> bool:
+    """Whether every cell is None or a list that :func:`preview` takes its fast path for."""
+    if not _LIST_OR_NONE.issuperset(map(type, cells)):
+        return False
+    filled = list(filter(None, cells))
+    if not filled:
+        return True
+    if max(map(len, filled)) > 16:
+        return False
+    kinds = set(map(type, itertools.chain.from_iterable(filled)))
+    if not kinds <= _PLAIN_OR_STR:
+        return False
+    return str not in kinds or max(len(v) for v in itertools.chain.from_iterable(filled) if type(v) is str) <= 256
+
+
+def _preview_cell(cell: Any, redactor: Redactor) -> str | None:
+    if cell is None or type(cell) is str:
+        return cell
+    try:
+        return preview(cell, None, redactor) if type(cell) is list else preview(cell[0], cell[1], redactor)
+    except Exception:
+        return None
+
+
 def cap_text(text: str | None, limit: int = DEFAULT_MESSAGE_LIMIT) -> str | None:
     """Cut a message to ``limit`` characters, marking the cut."""
     if text is None or len(text) <= limit:
@@ -535,6 +587,8 @@ ROW_COLS: Final = (
 #: Each column's index in a row, for the builders.
 (C_TYPE, C_TS, C_JOB_ID, C_TASK, C_QUEUE, C_ATTEMPT, C_MAX_ATTEMPTS, C_STARTED_AT, C_DURATION, C_CPU,
  C_ENQUEUED_AT, C_CORRELATION, C_ARGS, C_SIZE, C_TRACE_ID, C_SPAN_ID, C_ETA, C_X) = range(len(ROW_COLS))
+#: Cells in one row.
+ROW_WIDTH: Final = len(ROW_COLS)
 
 
 def job_row(etype: str, ts: float, job_id: str, task: str | None, queue: str | None, attempt: int | None,
@@ -562,15 +616,18 @@ _ROWS_HEAD: Final = ("v", "lib", "app", "host", "pid", "worker")
 MAX_ROWS: Final = 512
 
 
-def rows_entry(batch_id: str, identity: tuple[str, str, str, int, str], rows: list[Any]) -> dict[str, Any]:
-    """The object a ``b`` entry holds: the sender once, ``cols``, and one list per event in ``rows``.
+def rows_entry(batch_id: str, identity: tuple[str, str, str, int, str], cells: list[Any]) -> dict[str, Any]:
+    """The object a ``b`` entry holds: the sender once, ``cols``, and its rows' ``cells`` end to end.
 
-    Event ``i`` of it is the sender's fields plus its row's non-null columns (``x``'s members
-    added), with id ``<batch id>.<i>``: a batch resent after a lost reply gives the same ids.
+    Row ``i`` is ``cells[i * len(cols):(i + 1) * len(cols)]`` (flat: the emitter sends the cells as
+    they lie in its queue, with no list per row to build and free). Event ``i`` of the entry is the
+    sender's fields plus its row's non-null columns (``x``'s members added), with id
+    ``<batch id>.<i>``: a batch resent after a lost reply gives the same ids. A reader also accepts
+    ``rows``, a list of rows, in place of ``cells``.
     """
     lib, app, host, pid, worker = identity
     return {"v": PROTOCOL_VERSION, "id": batch_id, "lib": lib, "app": app, "host": host, "pid": pid,
-            "worker": worker, "cols": ROW_COLS, "rows": rows}
+            "worker": worker, "cols": ROW_COLS, "cells": cells}
 
 
 def decode_rows(data: bytes | str, loads: Any = json.loads) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
@@ -581,7 +638,7 @@ def decode_rows(data: bytes | str, loads: Any = json.loads) -> tuple[list[dict[s
     obj = _parse(data, loads)
     if type(obj) is not dict:
         raise InvalidEvent(f"rows entry is a JSON {type(obj).__name__}, not an object")
-    cols, rows, batch_id = obj.get("cols"), obj.get("rows"), obj.get("id")
+    cols, batch_id = obj.get("cols"), obj.get("id")
     if type(batch_id) is not str or not batch_id or len(batch_id) > MAX_ID_CHARS - 8:
         raise InvalidEvent("rows entry has no valid 'id'")
     if type(cols) is not list or not all(type(c) is str for c in cols) or len(set(cols)) != len(cols):
@@ -589,10 +646,9 @@ def decode_rows(data: bytes | str, loads: Any = json.loads) -> tuple[list[dict[s
     clash = set(cols) & (set(_ROWS_HEAD) | {"id"})
     if clash:
         raise InvalidEvent(f"rows entry's 'cols' name entry fields: {sorted(clash)}")
-    if type(rows) is not list:
-        raise InvalidEvent("rows entry's 'rows' must be a list")
-    head = {k: obj.get(k) for k in _ROWS_HEAD}
     width = len(cols)
+    rows = entry_rows(obj)
+    head = {k: obj.get(k) for k in _ROWS_HEAD}
     events: list[dict[str, Any]] = []
     bad: list[tuple[int, str]] = []
     for i, row in enumerate(rows):
@@ -617,6 +673,20 @@ def decode_rows(data: bytes | str, loads: Any = json.loads) -> tuple[list[dict[s
         except InvalidEvent as exc:
             bad.append((i, f"row {i}: {exc.reason}"))
     return events, bad
+
+
+def entry_rows(obj: dict[str, Any]) -> list[Any]:
+    """A parsed rows entry's rows, each a list of ``cols`` values (read from ``cells`` or ``rows``)."""
+    cells = obj.get("cells")
+    if cells is None:
+        rows = obj.get("rows")
+        if type(rows) is not list:
+            raise InvalidEvent("rows entry has neither 'cells' nor a list of 'rows'")
+        return rows
+    width = len(obj.get("cols") or ())
+    if type(cells) is not list or not width or len(cells) % width:
+        raise InvalidEvent(f"rows entry's 'cells' must be a list of whole rows of {width} values")
+    return [cells[i:i + width] for i in range(0, len(cells), width)]
 
 
 def entry_events(fields: Mapping[Any, Any], loads: Any = json.loads) -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ from .events import (
     C_SIZE,
     C_STARTED_AT,
     C_X,
+    ROW_WIDTH,
     EventType,
     job_row,
     preview,
@@ -88,6 +89,9 @@ _current_job: contextvars.ContextVar[Any] = contextvars.ContextVar("flowerbed_ta
 _firing: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "flowerbed_taskiq_fire", default=None
 )
+
+
+_FLOAT_OR_NONE = frozenset({float, type(None)})
 
 
 def _float(value: Any) -> float | None:
@@ -188,7 +192,7 @@ def _succeeded_row(collector: Collector, message: Any, state: _Running | None, t
     if state is None:
         return row
     duration = t1 - t0
-    row[C_DURATION] = round(duration * 1000.0, 3)
+    row[C_DURATION] = int(duration * 1e6 + 0.5) / 1e3  # ms to the µs; round(x, 3) costs 7 times this
     if cpu0 is not None:  # a sampled run: it decides the task's next ones
         collector._cpu.learn(message.task_name, duration)
         if cpu1 is not None:
@@ -485,14 +489,16 @@ class Collector(TaskiqMiddleware):
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _finish_rows(self, rows: list[list[Any]]) -> None:
-        """Complete success rows: the broker's queue, the enqueue time as a number (the emitter's thread)."""
-        for row in rows:
-            if row[C_QUEUE] is None:
-                row[C_QUEUE] = getattr(self.broker, "queue_name", None)
-            enqueued_at = row[C_ENQUEUED_AT]
-            if enqueued_at is not None and type(enqueued_at) is not float:
-                row[C_ENQUEUED_AT] = _float(enqueued_at)
+    def _finish_rows(self, cells: list[Any]) -> None:
+        """Complete success rows: the broker's queue, the enqueue time as a number (the emitter's
+        thread, a column at a time: see RowQueue)."""
+        queues = cells[C_QUEUE::ROW_WIDTH]
+        if None in queues:
+            default = getattr(self.broker, "queue_name", None)
+            cells[C_QUEUE::ROW_WIDTH] = [default if queue is None else queue for queue in queues]
+        enqueued = cells[C_ENQUEUED_AT::ROW_WIDTH]
+        if not _FLOAT_OR_NONE.issuperset(map(type, enqueued)):  # a label, as text
+            cells[C_ENQUEUED_AT::ROW_WIDTH] = [_float(value) for value in enqueued]
 
     def _queue(self, labels: dict[str, Any]) -> str | None:
         return labels.get("queue_name") or getattr(self.broker, "queue_name", None)

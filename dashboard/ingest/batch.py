@@ -21,6 +21,7 @@ from collectors.events import (
     InvalidEvent,
     decode,
     decode_rows,
+    entry_rows,
     split_started,
 )
 from dashboard.store.keys import event_key
@@ -127,7 +128,7 @@ class Batch:
 
     def _reject_rows(self, sid: bytes, now: float, bad: list[tuple[int, str]], raw: Any, loads: Any) -> None:
         """Quarantine each bad row of a rows entry on its own (``<stream id>#<row>``), with its text."""
-        rows = loads(raw).get("rows")
+        rows = entry_rows(loads(raw))
         for index, reason in bad:
             text = orjson.dumps(rows[index]) if 0 <= index < len(rows) else b""
             self._reject(f"{_text(sid)}#{index}".encode(), now, reason, text)

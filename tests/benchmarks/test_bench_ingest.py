@@ -53,7 +53,7 @@ def test_rows_are_the_same_workload_as_single_events(monkeypatch: pytest.MonkeyP
             read.append(item)
             continue
         identity, row = item[0](item)  # as the emitter's thread builds it, then as ingest reads it
-        found, bad = decode_rows(dumps_bytes(rows_entry("batch", identity, [row])))
+        found, bad = decode_rows(dumps_bytes(rows_entry("batch", identity, list(row))))
         assert not bad
         start = split_started(found[0])
         read += [found[0]] if start is None else [start, found[0]]

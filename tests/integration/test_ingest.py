@@ -396,7 +396,7 @@ def test_a_rows_entry_is_stored_as_its_events_and_a_bad_row_is_quarantined_alone
         row(type="job-started", ts=t0 + 2.0, job_id="r2", task="tasks.add", attempt=1),
         row(type="job-started", ts="soon", job_id="r3", task="tasks.add"),  # not a valid event
     ]
-    client.xadd(stream, {"b": orjson.dumps(rows_entry("batch-1", identity, rows))})
+    client.xadd(stream, {"b": orjson.dumps(rows_entry("batch-1", identity, [cell for r in rows for cell in r]))})
     settings = settings_for(stream, store_url)
     with ingesting(settings):
         wait_until(lambda: acked_all(client, stream, 1), what="the entry acknowledged")
@@ -430,7 +430,7 @@ def test_a_batch_of_rows_entries_stays_near_batch_size_events(client: redis.Redi
     for e in range(40):
         rows = [[{"type": "job-started", "ts": t0 + e, "job_id": f"r{e}-{i}", "task": "t", "attempt": 1}.get(c)
                  for c in ROW_COLS] for i in range(50)]
-        client.xadd(stream, {"b": orjson.dumps(rows_entry(f"batch-{e}", identity, rows))})
+        client.xadd(stream, {"b": orjson.dumps(rows_entry(f"batch-{e}", identity, [cell for r in rows for cell in r]))})
     with ingesting(settings_for(stream, store_url, batch_size=200)):
         wait_until(lambda: acked_all(client, stream, 40), what="every entry acknowledged")
         notices = []

@@ -162,9 +162,26 @@ def test_started_at_means_nothing_on_other_types_or_out_of_range() -> None:
 
 
 def _rows_data(rows_: list, **changes: object) -> bytes:
-    entry = events.rows_entry("b1", ("dramatiq", "shop", "h", 7, "h:7:w"), rows_)
+    """An entry in the nested form (a list per row), which readers still accept."""
+    entry = events.rows_entry("b1", ("dramatiq", "shop", "h", 7, "h:7:w"), [])
+    del entry["cells"]
+    entry["rows"] = rows_
     entry.update(changes)
     return json.dumps(entry).encode()
+
+
+def test_an_entry_of_flat_cells_reads_back_row_by_row() -> None:
+    rows_ = [["job-succeeded", 1.0 + i, f"j{i}"] + [None] * (len(events.ROW_COLS) - 3) for i in range(3)]
+    rows_[1][events.C_ARGS] = '{"args":[1]}'
+    flat = [cell for row in rows_ for cell in row]
+    entry = events.rows_entry("b2", ("arq", "shop", "h", 7, "h:7:w"), flat)
+    got, bad = events.decode_rows(json.dumps(entry).encode())
+    assert bad == [] and [(e["id"], e["job_id"], e["ts"]) for e in got] == [("b2.0", "j0", 1.0), ("b2.1", "j1", 2.0),
+                                                                          ("b2.2", "j2", 3.0)]
+    assert got[1]["args"] == '{"args":[1]}' and "args" not in got[0]
+    entry["cells"] = flat[:-1]  # not whole rows: no row can be trusted to start where it should
+    with pytest.raises(InvalidEvent, match="whole rows"):
+        events.decode_rows(json.dumps(entry).encode())
 
 
 def test_rows_read_back_as_events_with_derived_ids() -> None:
@@ -189,6 +206,34 @@ def test_bad_rows_are_reported_alone_and_bad_entries_as_a_whole() -> None:
         (_rows_data([good], cols=["type", "id"]), "entry fields"),
         (_rows_data([good], id=None), "'id'"),
         (_rows_data([good], rows={}), "'rows'"),
+        (_rows_data([good], cells={}), "'cells'"),
     ]:
         with pytest.raises(InvalidEvent, match=reason):
             events.decode_rows(data)
+
+
+def _one_by_one(cells: list, redactor: Redactor) -> list:
+    return [c if c is None or type(c) is str else events.preview(c, None, redactor) if type(c) is list
+            else events.preview(c[0], c[1], redactor) for c in cells]
+
+
+@pytest.mark.parametrize("fast_json", [False, True])
+def test_a_column_of_arguments_previews_as_each_cell_would_alone(fast_json: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if fast_json:
+        pytest.importorskip("orjson")
+        monkeypatch.setattr(events, "_dumps_bytes", events._dumps_bytes)
+        events.use_fast_json()
+    redactor = Redactor(args_limit=64)
+    plain = [[1, 2.5, None, True], None, [], ["ok", "é" * 30], [7] * 16, ["x" * 256]]
+    assert events._plain_lists(plain)
+    got = events.previews(plain, redactor)
+    assert got == _one_by_one(plain, redactor)
+    assert got[0] == '{"args":[1,2.5,null,true]}' and got[1] is None and got[2] == "{}"
+    assert got[5].endswith("…") and len(got[5]) == 65  # cut to the limit
+    mixed = plain + [["y" * 257], [{"password": "s"}], ([1], {"token": "t", "n": 2}), [1] * 17, '{"args":[9]}']
+    assert not events._plain_lists(mixed)
+    got = events.previews(mixed, redactor)
+    assert got == _one_by_one(mixed, redactor)
+    assert json.loads(got[7])["args"][0]["password"] == REDACTED and json.loads(got[8])["kwargs"]["token"] == REDACTED
+    assert got[-1] == '{"args":[9]}'
+    assert events.previews(plain, Redactor(capture_args=False)) == [None] * len(plain)

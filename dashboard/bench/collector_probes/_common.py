@@ -25,11 +25,49 @@ REDIS_URL = os.environ.get("FLOWERBED_REDIS_URL", "redis://127.0.0.1:6379/0")
 ENV_COLLECTOR = "FB_BENCH_COLLECTOR"
 #: The per-run prefix of every queue, key and namespace a probe's app uses.
 ENV_PREFIX = "FB_BENCH_PREFIX"
+#: A command the worker's command line is run under (``valgrind --tool=cachegrind …``); ``{prefix}``
+#: in it becomes the run's prefix.
+ENV_WRAP = "FB_BENCH_WRAP"
 
 
 def with_collector() -> bool:
-    """Whether this process's app installs the collector."""
-    return os.environ.get(ENV_COLLECTOR) == "1"
+    """Whether this process's app installs the collector (its clocks stretched, see :func:`dilate_clocks`)."""
+    if os.environ.get(ENV_COLLECTOR) != "1":
+        return False
+    dilate_clocks()
+    return True
+
+
+#: How many times slower than native this worker runs (under valgrind, ~100): the collector's clocks
+#: are stretched as much.
+ENV_DILATE = "FB_BENCH_DILATE"
+
+
+def dilate_clocks() -> None:
+    """Stretch the collector's timers by ``FB_BENCH_DILATE`` (a worker under valgrind).
+
+    The emitter sends every ``flush_interval`` of wall time, and heartbeats and the loop-lag timer
+    tick by it too: in a worker slowed 100 times, a send would carry 2 rows, not 200, and each job
+    would pay for 100 times the heartbeats, and every job would look slow enough to have its CPU time
+    read (``CpuSampler``). Stretched, each of them comes per job as often as it does natively.
+    """
+    factor = float(os.environ.get(ENV_DILATE) or 1)
+    if factor == 1 or getattr(dilate_clocks, "done", False):
+        return
+    dilate_clocks.done = True  # type: ignore[attr-defined]
+    from collectors import emitter, runtime
+
+    emitter.Emitter.__init__.__kwdefaults__["flush_interval"] *= factor
+    every, slow_s = runtime.CpuSampler.__init__.__defaults__  # a no-op job is "slow" at 100 times its time
+    runtime.CpuSampler.__init__.__defaults__ = (every, slow_s * factor)
+    runtime.LoopLagMonitor.__init__.__defaults__ = (0.5 * factor,)
+    heartbeat_init = runtime.Heartbeat.__init__
+
+    def stretched(self: Any, *args: Any, **kwargs: Any) -> None:
+        heartbeat_init(self, *args, **kwargs)
+        self.interval *= factor
+
+    runtime.Heartbeat.__init__ = stretched  # type: ignore[method-assign]
 
 
 def prefix() -> str:
@@ -186,7 +224,8 @@ def _run_worker(client: Any, cmd: list[str], env: dict[str, str], fill: Callable
     fill()
     # A file, not a pipe: a worker logging each job (arq does) would block on a full pipe.
     errfile = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errfile,
+    wrap = os.environ.get(ENV_WRAP, "").replace("{prefix}", pre).split()
+    proc = subprocess.Popen(wrap + cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=errfile,
                             stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_pin)
 
     def tail() -> str:
