@@ -42,6 +42,7 @@ both are reported.
 
 from __future__ import annotations
 
+import operator
 import os
 import sys
 import threading
@@ -233,7 +234,8 @@ def _succeeded_row(collector: Collector, broker: Any, run: _Attempt, alone: bool
     if alone:
         row[C_STARTED_AT] = run.ts
         row[C_ENQUEUED_AT] = message.message_timestamp / 1000.0
-        row[C_ARGS] = (message.args, message.kwargs)
+        args, kwargs = message.args, message.kwargs  # args alone (a list once decoded): the previews' fast path
+        row[C_ARGS] = args if not kwargs and type(args) is list else (args, kwargs)
         schedule, slot = _schedule_of(message)
         if schedule is not None:
             row[C_X] = {"schedule": schedule, "slot": slot}
@@ -409,6 +411,11 @@ class Collector(Middleware):
             run.exc = exc
             run.reason = "expired" if by == AgeLimit.__name__ else "skipped"
             run.exc_message = (str(exc) if exc is not None and str(exc) else None) or f"skipped by {by or 'a middleware'}"
+
+    #: Not a hook of ours, but Dramatiq calls every middleware's every hook for every message: the
+    #: inherited no-op, a Python method, costs a message ~2,500 machine instructions; a C function of
+    #: two arguments that does nothing with them, ~150.
+    before_ack = staticmethod(operator.is_)
 
     def after_ack(self, broker: Any, message: Any) -> None:
         """The message is settled and gone: success, a retried failure, or a final one without a DLQ."""
