@@ -6,7 +6,10 @@ queue filled beforehand, drained by ``arq``, ``dramatiq``, ``taskiq worker`` or 
 runs under valgrind's cachegrind, which counts every machine instruction the worker's process
 executes (all its threads: the jobs' and the collector's emitter) and simulates its caches. Two
 queue sizes per mode, and their difference over the extra jobs, leave start-up and shutdown out:
-what remains is the cost of one job, the same to ±0.01 % from run to run.
+what remains is the cost of one job. Repeated, an arq or Celery worker's count per job agreed to
+0.1 %, Taskiq's to 0.8 % (how its receiver's loop interleaves with Redis's replies varies), so a
+loss is good to ±0.2 points (arq, Celery) and ±0.8 (Taskiq). Dramatiq's consumer thread polls Redis
+on a timer and its count moves by ~5 %: read its timed throughput beside it.
 
 From the counts, per job: instructions (Ir) and estimated cycles, ``Ir + 10 × L1 misses + 100 ×
 last-level misses`` (the weights cachegrind's documentation and callgrind's CEst use). A worker

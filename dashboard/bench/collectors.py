@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-throughput", action="store_true", help="only the in-process cost")
     p.add_argument("--valgrind", action="store_true",
                    help="also count the worker's instructions and cache misses per job under valgrind, "
-                        "without and with the collector: the loss to ±0.01 %% (~3 min a library)")
+                        "without and with the collector: the loss to ±0.2-0.8 points (~3 min a library)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--redis-url", default=os.environ.get("FLOWERBED_REDIS_URL", "redis://127.0.0.1:6379/0"))
     return p
