@@ -492,7 +492,10 @@ class Emitter:
         count = len(cells) // ROW_WIDTH
         self.emitted += count
         try:
-            cells[C_ARGS::ROW_WIDTH] = previews(cells[C_ARGS::ROW_WIDTH], redactor)
+            args = cells[C_ARGS::ROW_WIDTH]
+            done = previews(args, redactor)
+            if done is not args:
+                cells[C_ARGS::ROW_WIDTH] = done
             identity = queue.identity()
             if queue.finish is not None:
                 queue.finish(cells)

@@ -376,14 +376,19 @@ def previews(cells: list[Any], redactor: Redactor) -> list[str | None]:
 
     A cell holds a preview already (a string), nothing, ``args`` alone as a list, or ``(args,
     kwargs)`` (see ``emitter.RowQueue``). When every cell is nothing or a list of at most 16 numbers
-    and short strings, as most jobs' are, :func:`preview`'s checks run in C over the whole column and
-    a row costs one serialiser call and no frame of ours (~0.3 µs against ~1.3 µs a row); the same
-    previews come out either way.
+    and short strings, as most jobs' are, :func:`preview`'s checks run in C over the whole column,
+    and with the default limit the column itself is returned: its lists go out as they are, for the
+    reader to preview (see :func:`rows_entry`); with another, a row costs one serialiser call and no
+    frame of ours. The same previews come out in the end either way.
     """
     if not redactor.capture_args:
         return [None] * len(cells)
     if not _plain_lists(cells):
         return [_preview_cell(cell, redactor) for cell in cells]
+    if redactor.args_limit == DEFAULT_ARGS_LIMIT:
+        # Nothing to redact or cut but the preview's length, and the reader cuts at this same limit:
+        # the lists go as they are (see rows_entry), ~5,000 machine instructions a row less here.
+        return cells
     dumps = _dumps_bytes
     texts = [cell if cell is None else dumps({"args": cell}).decode() if cell else "{}" for cell in cells]
     limit = redactor.args_limit
@@ -624,6 +629,11 @@ def rows_entry(batch_id: str, identity: tuple[str, str, str, int, str], cells: l
     sender's fields plus its row's non-null columns (``x``'s members added), with id
     ``<batch id>.<i>``: a batch resent after a lost reply gives the same ids. A reader also accepts
     ``rows``, a list of rows, in place of ``cells``.
+
+    An ``args`` cell is the preview (a string), or a list: a job's positional arguments, at most 16
+    numbers, booleans, nulls and strings of up to 256 characters, which the reader previews itself
+    (:func:`preview`, the same text the collector would have sent). That is the common job's, and
+    the preview cost the sending thread more than the rest of its row.
     """
     lib, app, host, pid, worker = identity
     return {"v": PROTOCOL_VERSION, "id": batch_id, "lib": lib, "app": app, "host": host, "pid": pid,
@@ -668,11 +678,18 @@ def decode_rows(data: bytes | str, loads: Any = json.loads) -> tuple[list[dict[s
                 if name not in event and name not in _ROWS_HEAD:
                     event[name] = value
         event["id"] = f"{batch_id}.{i}"
+        args = event.get("args")
+        if type(args) is list:  # positional arguments left for the reader to preview (see rows_entry)
+            event["args"] = preview(args, None, _READER)
         try:
             events.append(validate(event))
         except InvalidEvent as exc:
             bad.append((i, f"row {i}: {exc.reason}"))
     return events, bad
+
+
+#: How a reader previews the arguments a row left as a list: the collectors' defaults.
+_READER = Redactor()
 
 
 def entry_rows(obj: dict[str, Any]) -> list[Any]:

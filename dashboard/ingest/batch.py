@@ -23,6 +23,7 @@ from collectors.events import (
     decode_rows,
     entry_rows,
     split_started,
+    use_fast_json,
 )
 from dashboard.store.keys import event_key
 
@@ -34,6 +35,7 @@ QUARANTINE_RAW_LIMIT = 64 * 1024
 _FIELD = EVENT_FIELD.encode()
 _ROWS = ROWS_FIELD.encode()
 _OTHER_TYPES = WORKER_TYPES | SCHEDULE_TYPES
+use_fast_json()  # the previews of arguments rows leave as lists are written here (decode_rows)
 
 
 @dataclass

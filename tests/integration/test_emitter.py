@@ -376,6 +376,24 @@ def _finished_row(job_id: str, args: object) -> list:
     return row
 
 
+def test_rows_of_plain_arguments_go_as_lists_and_read_back_as_their_previews(stream_name: str) -> None:
+    """A column of plain positional arguments is sent as it lies (no preview built on the worker);
+    what ingest reads from the entry is the preview all the same."""
+    import orjson
+
+    emitter = Emitter(REDIS_URL, stream_name, maxlen=0, flush_interval=0.05)
+    queue = emitter.row_queue(lambda: ("arq", "shop", "host-1", 42, "host-1:42:a"))
+    for i in range(20):
+        queue.add(_finished_row(f"p{i}", [i, f"id-{i}"]))
+    assert emitter.flush(10)
+    [(_, fields)] = redis.Redis.from_url(REDIS_URL).xrange(stream_name)
+    cells = orjson.loads(fields[b"b"])["cells"]
+    assert cells[ROW_COLS.index("args")] == [0, "id-0"]
+    got = {e["job_id"]: e["args"] for e in stream_events(stream_name)}
+    assert got["p3"] == '{"args":[3,"id-3"]}' and len(got) == 20
+    emitter.close()
+
+
 def test_row_queue_rows_are_sent_with_their_arguments_previewed_and_the_oldest_dropped_when_full(
         stream_name: str) -> None:
     """Rows added on job threads reach the stream whole, in order, with ``(args, kwargs)`` or a bare

@@ -237,3 +237,22 @@ def test_a_column_of_arguments_previews_as_each_cell_would_alone(fast_json: bool
     assert json.loads(got[7])["args"][0]["password"] == REDACTED and json.loads(got[8])["kwargs"]["token"] == REDACTED
     assert got[-1] == '{"args":[9]}'
     assert events.previews(plain, Redactor(capture_args=False)) == [None] * len(plain)
+
+
+def test_plain_arguments_go_as_lists_and_the_reader_previews_them_the_same() -> None:
+    """With the default limit a column of plain positional arguments is sent as it is; ingest's
+    reading of the entry gives each event the very preview the collector would have sent."""
+    redactor = Redactor()
+    column = [[1, "a"], None, [], ["x" * 256] * 16]
+    assert events.previews(column, redactor) is column
+    rows_ = [["job-succeeded", 1.0, f"j{i}"] + [None] * (len(events.ROW_COLS) - 3) for i in range(len(column))]
+    for row, args in zip(rows_, column):
+        row[events.C_ARGS] = args
+    entry = events.rows_entry("b3", ("arq", "shop", "h", 7, "h:7:w"), [cell for row in rows_ for cell in row])
+    got, bad = events.decode_rows(json.dumps(entry).encode())
+    assert bad == []
+    assert [e.get("args") for e in got] == [events.preview(c, None, redactor) if c is not None else None for c in column]
+    assert got[0]["args"] == '{"args":[1,"a"]}' and got[2]["args"] == "{}" and len(got[3]["args"]) == 2049
+    entry["cells"][events.C_ARGS] = [{"password": "s"}]  # a list a collector would not send raw: redacted still
+    got, _ = events.decode_rows(json.dumps(entry).encode())
+    assert json.loads(got[0]["args"])["args"][0]["password"] == REDACTED
