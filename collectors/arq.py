@@ -231,17 +231,15 @@ def _wrap(
         if type(state) is not _WorkerState:
             return await coroutine(ctx, *args, **kwargs)
         run = state.started(spec, ctx, args, kwargs)
-        token = _current_job.set(run.job_id if run is not None else None)
+        # arq runs each job in a task of its own, whose context ends with it: nothing to reset.
+        _current_job.set(run.job_id if run is not None else None)
         try:
             result = await coroutine(ctx, *args, **kwargs)
         except BaseException as exc:
             state.raised(run, exc)
             raise
-        else:
-            state.succeeded(run, result)
-            return result
-        finally:
-            _current_job.reset(token)
+        state.succeeded(run, result)
+        return result
 
     setattr(job, _MARK, spec)
     return job
@@ -682,8 +680,9 @@ class _WorkerState:
                     preview = cap_text(repr(result), _RESULT_PREVIEW_CHARS)  # now: the job may change it later
                 except Exception:
                     preview = f"<{type(result).__name__}>"
-            self._count(True)
             rec = self.recorder
+            rec.inflight = max(0, rec.inflight - 1)  # _count(True), inline: this runs for every job
+            rec.processed += 1
             if rec.config.enabled:  # its start folded in when that was never sent
                 alone = rec.emitter.settle(run) is not None
                 self._rows.add(_succeeded_row(self, run, t1, preview, alone))
