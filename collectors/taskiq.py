@@ -103,11 +103,14 @@ def _float(value: Any) -> float | None:
 
 
 def _enqueued_at(label: Any) -> float | None:
-    """The enqueue-time label as unix seconds. Producers stamp whole microseconds, digits only: read
-    back with ``int``, ~8 times cheaper than ``float`` of a decimal with as many digits (a bignum
-    ``strtod``, 1.6k instructions); earlier ones stamped seconds as a decimal, read as before."""
-    if type(label) is str and label.isdigit():
-        return int(label) / 1e6
+    """The enqueue-time label as unix seconds. Producers stamp ``f"{time.time():.6f}"``: read back as
+    the integer of its digits over 10⁶, the same float as ``float(label)`` (both correctly rounded)
+    for a third of its cost (``float`` of 16 digits is a bignum ``strtod``, ~1,600 instructions)."""
+    if type(label) is str and label[-7:-6] == ".":
+        try:
+            return int(label.replace(".", "", 1)) / 1e6
+        except ValueError:
+            pass
     return _float(label)
 
 
@@ -357,7 +360,7 @@ class Collector(TaskiqMiddleware):
         try:
             labels = message.labels
             if LABEL_ENQUEUED_AT not in labels:
-                labels[LABEL_ENQUEUED_AT] = str(time.time_ns() // 1000)  # see _enqueued_at
+                labels[LABEL_ENQUEUED_AT] = f"{time.time():.6f}"  # see _enqueued_at
             if LABEL_CORRELATION not in labels:
                 current = _current_job.get()
                 labels[LABEL_CORRELATION] = (

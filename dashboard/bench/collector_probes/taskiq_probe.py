@@ -108,7 +108,7 @@ def _messages(broker: Any, task: Any, n: int) -> list[bytes]:
     out = []
     for i in range(n):
         message = task.kicker()._prepare_message(i)
-        message.labels[LABEL_ENQUEUED_AT] = str(time.time_ns() // 1000)
+        message.labels[LABEL_ENQUEUED_AT] = f"{time.time():.6f}"
         message.labels[LABEL_CORRELATION] = os.urandom(16).hex()
         out.append(broker.formatter.dumps(message).message)
     return out
