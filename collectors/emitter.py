@@ -17,9 +17,9 @@ events cost one serialiser call, one id and one XADD per batch rather than per e
 A busy collector's finished job events skip all of that: its job's thread appends each as a *row*
 (``ROW_COLS`` values, final but for the few cells a queue's ``finish`` completes) to a
 :class:`RowQueue`, flat in one list; the thread takes a queue's rows as one slice and sends the
-cells as they lie, one serialiser call per entry. Deferred events kept the job's objects alive until the next send, and
-in a busy worker those set off the garbage collector (Celery: 60 young collections per 5,000 jobs
-against 1; a row queue's rows hold none).
+cells as they lie, one serialiser call per entry. Deferred events kept the job's objects alive until
+the next send, and in a busy worker those set off the garbage collector (Celery: 60 young
+collections per 5,000 jobs against 1; a row queue's rows hold none).
 
 A job's start is not queued but *held* (:meth:`Emitter.begin`): at its end the job's hook takes it
 back (:meth:`Emitter.settle`) and, if it was never sent, queues one row for both: its end carrying
