@@ -337,6 +337,9 @@ def _succeeded_row(state: _WorkerState, run: _Run, t1: float, result: str | None
     return row
 
 
+_NUMBERS = frozenset({int, float})
+
+
 def _finish_rows(cells: list[Any]) -> None:
     """The raw times of the starts folded into success rows, as unix seconds (the emitter's thread,
     a column at a time: see RowQueue)."""
@@ -344,9 +347,6 @@ def _finish_rows(cells: list[Any]) -> None:
                                        for t in cells[C_ENQUEUED_AT::ROW_WIDTH]]
     cells[C_ETA::ROW_WIDTH] = [s if s is None else s / 1000.0 if type(s) in _NUMBERS else None
                                for s in cells[C_ETA::ROW_WIDTH]]
-
-
-_NUMBERS = frozenset({int, float})
 
 
 # --- the Worker class patches ------------------------------------------------------------------

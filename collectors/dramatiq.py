@@ -62,7 +62,7 @@ except ImportError as exc:  # pragma: no cover - the user asked for the Dramatiq
 
 from .config import CollectorConfig
 from .constants import HEARTBEAT_INTERVAL_S
-from .emitter import row_builder
+from .emitter import map_distinct, row_builder
 from .events import (
     C_ARGS,
     C_CPU,
@@ -247,16 +247,10 @@ def _succeeded_row(collector: Collector, broker: Any, run: _Attempt, alone: bool
 def _finish_rows(cells: list[Any]) -> None:
     """Success rows made final on the emitter's thread (see _succeeded_row), a column at a time:
     each distinct queue and ``(actor, max_retries option)`` is worked out once per send."""
-    queues = cells[C_QUEUE::ROW_WIDTH]
-    names = {queue: q_name(queue) for queue in set(queues)}  # its own name, not its delay or dead-letter queue's
-    cells[C_QUEUE::ROW_WIDTH] = list(map(names.__getitem__, queues))
+    # Its own queue's name, not its delay or dead-letter queue's.
+    cells[C_QUEUE::ROW_WIDTH] = map_distinct(q_name, cells[C_QUEUE::ROW_WIDTH])
     keys = list(zip(cells[C_TASK::ROW_WIDTH], cells[C_MAX_ATTEMPTS::ROW_WIDTH]))  # (actor, (broker, option))
-    try:
-        attempts = {key: _max_attempts_for(key[1][0], key[0], key[1][1]) for key in set(keys)}
-        cells[C_MAX_ATTEMPTS::ROW_WIDTH] = list(map(attempts.__getitem__, keys))
-    except TypeError:  # an option that cannot be a dict key
-        cells[C_MAX_ATTEMPTS::ROW_WIDTH] = [_max_attempts_for(broker, actor, option)
-                                            for actor, (broker, option) in keys]
+    cells[C_MAX_ATTEMPTS::ROW_WIDTH] = map_distinct(_max_attempts_of_key, keys)
     # Milliseconds to the microsecond: round(x, 3) costs ~1,400 machine instructions, this ~200.
     cells[C_DURATION::ROW_WIDTH] = [int(seconds * 1e6 + 0.5) / 1e3 for seconds in cells[C_DURATION::ROW_WIDTH]]
 
@@ -604,6 +598,12 @@ _MISSING: Any = object()
 def _max_attempts(broker: Any, message: Any) -> int | None:
     """Attempts the Retries middleware allows this message (1 without it, None under retry_when)."""
     return _max_attempts_for(broker, message.actor_name, message.options.get("max_retries", _MISSING))
+
+
+def _max_attempts_of_key(key: tuple[str, tuple[Any, Any]]) -> int | None:
+    """:func:`_max_attempts_for` of a success row's ``(actor, (broker, option))``."""
+    actor_name, (broker, option) = key
+    return _max_attempts_for(broker, actor_name, option)
 
 
 def _max_attempts_for(broker: Any, actor_name: str, max_retries_option: Any) -> int | None:

@@ -65,7 +65,7 @@ from .events import (
     use_fast_json,
 )
 
-__all__ = ["Emitter", "RowQueue", "get_emitter", "row_builder", "shutdown_all"]
+__all__ = ["Emitter", "RowQueue", "get_emitter", "map_distinct", "row_builder", "shutdown_all"]
 
 log = logging.getLogger("flowerbed.collectors")
 
@@ -79,6 +79,17 @@ def row_builder(fn: Callable[[tuple[Any, ...]], tuple[Any, list[Any]]]) -> Calla
     """Register ``fn`` as a deferred builder that returns ``(identity, row)``, ``row`` in ``ROW_COLS`` order."""
     _ROW_BUILDERS.add(fn)
     return fn
+
+
+def map_distinct(fn: Callable[[Any], Any], values: list[Any]) -> list[Any]:
+    """``[fn(v) for v in values]`` with ``fn`` called once per distinct value: a send's column holds
+    a few values many times (queue names, retry options), for a ``finish`` to work out once each.
+    Values that cannot be dict keys are taken one by one."""
+    try:
+        known = {value: fn(value) for value in set(values)}
+    except TypeError:
+        return [fn(value) for value in values]
+    return list(map(known.__getitem__, values))
 
 
 class RowQueue:

@@ -376,25 +376,18 @@ def previews(cells: list[Any], redactor: Redactor) -> list[str | None]:
 
     A cell holds a preview already (a string), nothing, ``args`` alone as a list, or ``(args,
     kwargs)`` (see ``emitter.RowQueue``). When every cell is nothing or a list of at most 16 numbers
-    and short strings, as most jobs' are, :func:`preview`'s checks run in C over the whole column,
-    and with the default limit the column itself is returned: its lists go out as they are, for the
-    reader to preview (see :func:`rows_entry`); with another, a row costs one serialiser call and no
-    frame of ours. The same previews come out in the end either way.
+    and short strings, as most jobs' are, :func:`preview`'s checks run in C over the whole column
+    and, with the default limit, the column itself is returned: its lists go out as they are, for
+    the reader to preview (see :func:`rows_entry`). Otherwise each cell is previewed here. The same
+    previews come out in the end either way.
     """
     if not redactor.capture_args:
         return [None] * len(cells)
-    if not _plain_lists(cells):
-        return [_preview_cell(cell, redactor) for cell in cells]
-    if redactor.args_limit == DEFAULT_ARGS_LIMIT:
+    if redactor.args_limit == DEFAULT_ARGS_LIMIT and _plain_lists(cells):
         # Nothing to redact or cut but the preview's length, and the reader cuts at this same limit:
         # the lists go as they are (see rows_entry), ~5,000 machine instructions a row less here.
         return cells
-    dumps = _dumps_bytes
-    texts = [cell if cell is None else dumps({"args": cell}).decode() if cell else "{}" for cell in cells]
-    limit = redactor.args_limit
-    if max(map(len, filter(None, texts)), default=0) > limit:
-        texts = [text if text is None or len(text) <= limit else text[:limit] + "…" for text in texts]
-    return texts
+    return [_preview_cell(cell, redactor) for cell in cells]
 
 
 def _plain_lists(cells: list[Any]) -> bool:

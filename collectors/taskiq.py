@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the user's environme
     ) from exc
 
 from .config import CollectorConfig
-from .emitter import row_builder
+from .emitter import map_distinct, row_builder
 from .events import (
     C_ARGS,
     C_CPU,
@@ -514,12 +514,9 @@ class Collector(TaskiqMiddleware):
         enqueued = cells[C_ENQUEUED_AT::ROW_WIDTH]
         if not _FLOAT_OR_NONE.issuperset(map(type, enqueued)):  # a label, as text
             cells[C_ENQUEUED_AT::ROW_WIDTH] = [_enqueued_at(value) for value in enqueued]
-        pairs = cells[C_MAX_ATTEMPTS::ROW_WIDTH]  # (retry_on_error, max_retries) labels: once each per send
-        try:
-            known = {pair: self._max_attempts_for(*pair) for pair in set(pairs)}
-            cells[C_MAX_ATTEMPTS::ROW_WIDTH] = list(map(known.__getitem__, pairs))
-        except TypeError:  # a label value that cannot be a dict key
-            cells[C_MAX_ATTEMPTS::ROW_WIDTH] = [self._max_attempts_for(*pair) for pair in pairs]
+        # (retry_on_error, max_retries) labels, worked out once each per send.
+        cells[C_MAX_ATTEMPTS::ROW_WIDTH] = map_distinct(lambda pair: self._max_attempts_for(*pair),
+                                                        cells[C_MAX_ATTEMPTS::ROW_WIDTH])
 
     def _queue(self, labels: dict[str, Any]) -> str | None:
         return labels.get("queue_name") or getattr(self.broker, "queue_name", None)
