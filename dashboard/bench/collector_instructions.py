@@ -26,11 +26,8 @@ time spent waiting.
 from __future__ import annotations
 
 import glob
-import os
 import shutil
-import subprocess
 import tempfile
-from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["available", "measure", "DILATE"]
@@ -111,20 +108,3 @@ def measure(probe: Callable[[list[str], dict[str, str]], dict[str, Any]],
         "sizes": list(SIZES),
         "counts_per_job": {k: {e: round(v) for e, v in d.items()} for k, d in per_job.items()},
     }
-
-
-def probe_runner(python: Path, lib: str, probes: Path, redis_url: str) -> Callable[[list[str], dict[str, str]], dict[str, Any]]:
-    """``probe(args, env)`` for :func:`measure`: the library's probe script in its own environment."""
-    import json
-
-    def probe(args: list[str], extra: dict[str, str]) -> dict[str, Any]:
-        env = dict(os.environ, FLOWERBED_REDIS_URL=redis_url, PYTHONDONTWRITEBYTECODE="1", **extra)
-        env.pop("PYTHONPATH", None)
-        proc = subprocess.run([str(python), str(probes / f"{lib}_probe.py"), *args], env=env, cwd=str(probes),
-                              capture_output=True, stdin=subprocess.DEVNULL, timeout=2400)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{lib} probe under valgrind failed ({proc.returncode}):\n"
-                               f"{proc.stderr.decode(errors='replace')[-3000:]}")
-        return json.loads(proc.stdout.decode().strip().splitlines()[-1])
-
-    return probe

@@ -92,8 +92,8 @@ def env_python(lib: str) -> tuple[Path, str]:
 
 
 def _probe(python: Path, lib: str, args: list[str], redis_url: str, timeout: float,
-           stream: str | None = None) -> dict[str, Any]:
-    env = dict(os.environ)
+           stream: str | None = None, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    env = dict(os.environ, **(extra_env or {}))
     if stream is not None:
         env["FLOWERBED_STREAM"] = stream
     env["FLOWERBED_REDIS_URL"] = redis_url
@@ -200,7 +200,9 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.valgrind:
         from . import collector_instructions
 
-        probe = collector_instructions.probe_runner(python, lib, PROBES, args.redis_url)
+        def probe(probe_args: list[str], extra_env: dict[str, str]) -> dict[str, Any]:
+            return _probe(python, lib, probe_args, args.redis_url, timeout=2400, extra_env=extra_env)
+
         out["valgrind"] = collector_instructions.measure(probe, _log, lib)
     out["load_avg"] = [round(load0, 2), round(_load(), 2)]
     return out
