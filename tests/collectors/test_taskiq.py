@@ -99,6 +99,8 @@ def test_worker_jobs_reach_the_dashboard(lab: TaskiqLab, flowerbed_server: Calla
     assert final["payload"]["task"] == MOD + "always_fails" and "traceback" in final
     enq = of(events, "job-enqueued", job_id=ids["ok"])[0]
     assert enq["payload_bytes"] > 100 and enq["enqueued_at"] <= enq["ts"]
+    done = of(events, "job-succeeded", job_id=ids["ok"])[0]  # the label read back on the worker, as a number
+    assert done["enqueued_at"] == enq["enqueued_at"] and done["max_attempts"] >= 1
     parent = of(events, "job-started", job_id=ids["parent"])[0]
     child = [e for e in of(events, "job-enqueued", task=MOD + "ok") if e["job_id"] != ids["ok"]][0]
     assert child["correlation_id"] == parent["correlation_id"]

@@ -256,3 +256,4 @@ def test_plain_arguments_go_as_lists_and_the_reader_previews_them_the_same() -> 
     entry["cells"][events.C_ARGS] = [{"password": "s"}]  # a list a collector would not send raw: redacted still
     got, _ = events.decode_rows(json.dumps(entry).encode())
     assert json.loads(got[0]["args"])["args"][0]["password"] == REDACTED
+
