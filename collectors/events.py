@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import re
 import time
@@ -626,7 +627,9 @@ def rows_entry(batch_id: str, identity: tuple[str, str, str, int, str], cells: l
     An ``args`` cell is the preview (a string), or a list: a job's positional arguments, at most 16
     numbers, booleans, nulls and strings of up to 256 characters, which the reader previews itself
     (:func:`preview`, the same text the collector would have sent). That is the common job's, and
-    the preview cost the sending thread more than the rest of its row.
+    the preview cost the sending thread more than the rest of its row. An ``enqueued_at`` cell may
+    be text, a decimal number as a producer stamped it in a label, which the reader reads: parsing
+    it cost a worker's sending thread 1,100 instructions a row.
     """
     lib, app, host, pid, worker = identity
     return {"v": PROTOCOL_VERSION, "id": batch_id, "lib": lib, "app": app, "host": host, "pid": pid,
@@ -674,11 +677,29 @@ def decode_rows(data: bytes | str, loads: Any = json.loads) -> tuple[list[dict[s
         args = event.get("args")
         if type(args) is list:  # positional arguments left for the reader to preview (see rows_entry)
             event["args"] = preview(args, None, _READER)
+        enqueued = event.get("enqueued_at")
+        if type(enqueued) is str:  # a producer's label, as it travelled (see rows_entry)
+            number = _label_number(enqueued)
+            if number is None:
+                bad.append((i, f"row {i}: 'enqueued_at' {enqueued[:40]!r} is not a number"))
+                continue
+            event["enqueued_at"] = number
         try:
             events.append(validate(event))
         except InvalidEvent as exc:
             bad.append((i, f"row {i}: {exc.reason}"))
     return events, bad
+
+
+def _label_number(text: str) -> float | None:
+    """A finite number written as text (at most 32 characters), or ``None``."""
+    if len(text) > 32:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 #: How a reader previews the arguments a row left as a list: the collectors' defaults.

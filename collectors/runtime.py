@@ -238,7 +238,7 @@ class CpuSampler:
     durations are computed (often the emitter's thread); ``want`` on the job's.
     """
 
-    __slots__ = ("every", "slow_s", "_n", "_slow")
+    __slots__ = ("every", "slow_s", "_n", "_slow", "is_slow")
 
     def __init__(self, every: int = 16, slow_s: float = 0.001) -> None:
         self.every = every
@@ -246,6 +246,8 @@ class CpuSampler:
         self._n = 0
         #: Whether each task's last timed run was slow (a task missing has not been timed yet).
         self._slow: dict[Any, bool] = {}
+        #: ``is_slow(task, True)``: the test ``want`` makes, for a caller that counts attempts itself.
+        self.is_slow = self._slow.get
 
     def want(self, task: Any) -> bool:
         """Whether the attempt of ``task`` starting now reads the CPU clock."""

@@ -26,6 +26,7 @@ time spent waiting.
 from __future__ import annotations
 
 import glob
+import os
 import shutil
 import tempfile
 from typing import Any, Callable
@@ -82,7 +83,9 @@ def measure(probe: Callable[[list[str], dict[str, str]], dict[str, Any]],
 
     ``probe(args, env)`` runs the library's probe script with extra environment variables.
     """
-    out_dir = tempfile.mkdtemp(prefix=f"flowerbed-cg-{lib}-")
+    keep = os.environ.get("FB_BENCH_CG_DIR")  # keep the output files there, for cg_annotate / cg_diff
+    out_dir = os.path.join(keep, lib) if keep else tempfile.mkdtemp(prefix=f"flowerbed-cg-{lib}-")
+    os.makedirs(out_dir, exist_ok=True)
     try:
         per_job: dict[str, dict[str, float]] = {}
         for mode, name in (("0", "without"), ("1", "with")):
@@ -93,7 +96,8 @@ def measure(probe: Callable[[list[str], dict[str, str]], dict[str, Any]],
             small, big = runs[SIZES[0]], runs[SIZES[1]]
             per_job[name] = {k: (big[k] - small[k]) / (SIZES[1] - SIZES[0]) for k in big}
     finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(out_dir, ignore_errors=True)
     without, with_ = per_job["without"], per_job["with"]
     ir0, ir1 = without["Ir"], with_["Ir"]
     c0, c1 = cycles(without), cycles(with_)

@@ -101,6 +101,15 @@ def test_worker_jobs_reach_the_dashboard(lab: TaskiqLab, flowerbed_server: Calla
     assert enq["payload_bytes"] > 100 and enq["enqueued_at"] <= enq["ts"]
     done = of(events, "job-succeeded", job_id=ids["ok"])[0]  # the label read back on the worker, as a number
     assert done["enqueued_at"] == enq["enqueued_at"] and done["max_attempts"] >= 1
+    # A job still running when the sender sends (it blocks the loop 0.6 s; sends are 0.1 s apart) has
+    # its start sent on its own, made from its row as the worker received it; its end does not repeat it.
+    long_start = of(events, "job-started", job_id=ids["blocks_loop"])
+    long_enq = of(events, "job-enqueued", job_id=ids["blocks_loop"])[0]
+    assert len(long_start) == 1 and not long_start[0]["id"].endswith(".s"), long_start
+    assert long_start[0]["enqueued_at"] == long_enq["enqueued_at"] and long_start[0]["attempt"] == 1
+    assert long_start[0]["queue"] == f"{lab.prefix}:queue" and long_start[0]["args"] == "{}"
+    long_done = of(events, "job-succeeded", job_id=ids["blocks_loop"])[0]
+    assert long_done["duration_ms"] >= 600 and long_done["ts"] >= long_start[0]["ts"] + 0.6
     parent = of(events, "job-started", job_id=ids["parent"])[0]
     child = [e for e in of(events, "job-enqueued", task=MOD + "ok") if e["job_id"] != ids["ok"]][0]
     assert child["correlation_id"] == parent["correlation_id"]
@@ -115,6 +124,21 @@ def test_worker_jobs_reach_the_dashboard(lab: TaskiqLab, flowerbed_server: Calla
     lab.wait(lambda ev: of(ev, "worker-offline"))
     server.wait_for(lambda: all(w["state"] == "offline" for w in server.get_json("/api/workers")["items"]
                                 if w["lib"] == "taskiq"))
+
+
+def test_jobs_are_timed_from_the_formatter_whatever_it_is(lab: TaskiqLab) -> None:
+    """The collector begins an attempt in the broker formatter's ``loads``: the default formatter stays
+    the same object of the same type, and one whose class cannot be swapped is wrapped; both time jobs."""
+    seen = json.loads(lab.run_module("tests.collectors.apps.taskiq_formatters").strip().splitlines()[-1])
+    assert seen["proxy"]["same"] and seen["proxy"]["is_proxy"] and seen["proxy"]["result"] == 42
+    assert not seen["namespace"]["same"] and seen["namespace"]["reads_through"] and seen["namespace"]["result"] == 42
+    for kind in ("proxy", "namespace"):
+        job_id = seen[kind]["job_id"]
+        events = lab.wait(lambda ev: of(ev, "job-succeeded", job_id=job_id))  # noqa: B023
+        done = of(events, "job-succeeded", job_id=job_id)[0]
+        started = of(events, "job-started", job_id=job_id)
+        assert done["task"] == f"formatters.{kind}" and done["duration_ms"] is not None and done["attempt"] == 1
+        assert len(started) == 1 and started[0]["args"] == '{"args":[41]}' and started[0]["ts"] <= done["ts"]
 
 
 def test_scheduler_reports_schedules_and_fires(lab: TaskiqLab, flowerbed_server: Callable[..., Any]) -> None:

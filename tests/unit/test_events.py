@@ -257,3 +257,14 @@ def test_plain_arguments_go_as_lists_and_the_reader_previews_them_the_same() -> 
     got, _ = events.decode_rows(json.dumps(entry).encode())
     assert json.loads(got[0]["args"])["args"][0]["password"] == REDACTED
 
+
+
+def test_an_enqueue_time_left_as_its_label_reads_back_as_the_number() -> None:
+    """A Taskiq row keeps the producer's enqueue-time label as text; the reader gives the number, and a
+    row whose label is not a finite number is reported alone."""
+    rows_ = [["job-succeeded", 2.0, f"j{i}"] + [None] * (len(events.ROW_COLS) - 3) for i in range(4)]
+    for row, label in zip(rows_, ["1733500000.123456", None, "nan", "soon"]):
+        row[events.C_ENQUEUED_AT] = label
+    got, bad = events.decode_rows(_rows_data(rows_))
+    assert [(e["job_id"], e.get("enqueued_at")) for e in got] == [("j0", 1733500000.123456), ("j1", None)]
+    assert [i for i, _ in bad] == [2, 3] and "'enqueued_at'" in bad[0][1] and "'soon'" in bad[1][1]

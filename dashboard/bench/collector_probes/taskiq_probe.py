@@ -4,8 +4,9 @@ Also the worker's broker module (``taskiq worker taskiq_probe:broker``), named f
 
 The in-process figure is the job's own path in a worker: ``Receiver.callback`` (what ``taskiq worker``
 runs, as a task per message) on message bytes built beforehand, so it runs exactly the worker-side
-hooks: pre_execute (job-started) and post_execute (job-succeeded). The messages carry the labels an
-instrumented producer stamps (enqueue time, correlation id), in both modes, so both parse the same bytes.
+hooks: the broker formatter's ``loads``, which the collector instruments (the attempt's start), and
+post_execute (its end). The messages carry the labels an instrumented producer stamps (enqueue time,
+correlation id), in both modes, so both parse the same bytes.
 
 Enqueueing is not the job's path, so it is measured apart and reported as ``producer_us_per_job``:
 ``kiq()`` on a broker whose ``kick`` sends nothing, i.e. pre_send (labels), the broker's formatter
@@ -79,10 +80,8 @@ def _build(pre: str, env: dict[str, str], jobs: int, warmup: int) -> tuple[list[
 
 
 class _Empty(TaskiqMiddleware):
-    """A middleware whose two job hooks do nothing: what Taskiq's own dispatch to them costs."""
-
-    def pre_execute(self, message: Any) -> Any:
-        return message
+    """A middleware whose post_execute does nothing: what Taskiq's own dispatch to the one hook the
+    collector has on every job costs (it begins an attempt in the formatter, not in pre_execute)."""
 
     def post_execute(self, message: Any, result: Any) -> None:
         return None
@@ -170,8 +169,8 @@ def inproc(jobs: int, repeat: int, profile: bool) -> None:
         producer = interleaved({"without": producer_run("without"), "with": producer_run("with")}, jobs, repeat)
         result["producer"] = producer
         result["producer_us_per_job"] = producer["us_per_job"]
-        result["path"] = ("Receiver.callback on prebuilt messages, a task each (the worker's path): pre_execute, "
-                          "post_execute; producer apart: kiq() with a no-op kick (pre_send, formatter, post_send)")
+        result["path"] = ("Receiver.callback on prebuilt messages, a task each (the worker's path): the formatter's "
+                          "loads, post_execute; producer apart: kiq() with a no-op kick (pre_send, formatter, post_send)")
         output(result)
     finally:
         for b in (*brokers.values(), *producers.values()):
