@@ -302,38 +302,57 @@ class Heartbeat:
 
 
 class LoopLagMonitor:
-    """Measures how late an event loop wakes a sleeping task: the blocking a sync call causes.
+    """Measures how late an event loop runs a callback handed to it: the blocking a sync call causes.
 
-    One timer per ``interval``; the worst lag since the last heartbeat is reported, then reset.
+    A daemon thread hands the loop a callback every ``interval`` (``call_soon_threadsafe``), a new
+    one only once the last has run, and the callback notes how long it waited; the worst lag since
+    the last heartbeat is reported, then reset. A thread, not a task sleeping on the loop: that
+    task's timer, always in the loop's heap, made every other timer's push and pop compare with it
+    in Python (``TimerHandle.__lt__``): ~200 bytecodes a job in a taskiq worker, 0.4 % of a no-op job.
     """
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
         self.max_lag_ms = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._stop: threading.Event | None = None
+        self._sent: float | None = None  # when the callback on its way was handed over
 
     def start(self) -> None:
         """Start on the running loop (call from a coroutine on the worker's loop)."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._stop is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._stop = stop = threading.Event()
+        self._sent = None
+        threading.Thread(target=self._run, args=(loop, stop), name="flowerbed-loop-lag", daemon=True).start()
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
 
     def take(self) -> float:
         """Return the worst lag (ms) since the last call, and reset it."""
         lag, self.max_lag_ms = self.max_lag_ms, 0.0
         return round(lag, 3)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            start = loop.time()
-            await asyncio.sleep(self.interval)
-            lag = (loop.time() - start - self.interval) * 1000.0
+    def _arrived(self) -> None:
+        """On the loop: how long the callback waited to run."""
+        sent = self._sent
+        if sent is not None:
+            lag = (time.monotonic() - sent) * 1000.0
             if lag > self.max_lag_ms:
                 self.max_lag_ms = lag
+        self._sent = None
+
+    def _run(self, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
+            if self._sent is not None:
+                continue  # the last one has not run yet: the loop is blocked, and its lag grows
+            self._sent = time.monotonic()
+            try:
+                loop.call_soon_threadsafe(self._arrived)
+            except RuntimeError:  # the loop is closed
+                return
 
 
