@@ -70,6 +70,7 @@ _perf = time.perf_counter
 _thread_time = time.thread_time
 _STARTED = EventType.JOB_STARTED
 _SUCCEEDED = EventType.JOB_SUCCEEDED
+_SEQUENCES = (list, tuple)
 _modules = sys.modules
 _OTEL = "opentelemetry.trace"  # current_trace() only once OpenTelemetry is loaded
 
@@ -223,7 +224,9 @@ def _succeeded_row(collector: CeleryCollector, state: _Running, t1: float, cpu1:
     row[C_DURATION], row[C_CPU], row[C_ENQUEUED_AT] = int(duration * 1e6 + 0.5) / 1e3, cpu_ms, enqueued_at
     if collector._held.pop(job_id, None) is not None:  # its start was never sent: it rides along
         row[C_STARTED_AT] = started
-        row[C_ARGS] = (args, kwargs)
+        # Positional arguments alone go as a list: the previews' fast path (see events.previews), where
+        # ``(args, kwargs)`` took the sending thread ~5,000 instructions a row.
+        row[C_ARGS] = list(args) if not kwargs and type(args) in _SEQUENCES else (args, kwargs)
         eta = req.get("eta")
         if eta is not None:
             row[C_ETA] = _ts(eta)
