@@ -3,18 +3,19 @@
 On a shared 2-vCPU VM one timed worker run differs from the next by 5-30 %, so a 2 % throughput
 loss cannot be told from noise by the clock. Here the same real worker (the throughput probe's: a
 queue filled beforehand, drained by ``arq``, ``dramatiq``, ``taskiq worker`` or ``celery worker``)
-runs under valgrind's cachegrind, which counts every machine instruction the worker's process
-executes (all its threads: the jobs' and the collector's emitter) and simulates its caches. Two
-queue sizes per mode, and their difference over the extra jobs, leave start-up and shutdown out:
-what remains is the cost of one job. Repeated, an arq or Celery worker's count per job agreed to
-0.1 %, Taskiq's to 0.8 % (how its receiver's loop interleaves with Redis's replies varies), so a
-loss is good to ±0.2 points (arq, Celery) and ±0.8 (Taskiq). Dramatiq's consumer thread polls Redis
-on a timer and its count moves by ~5 %: read its timed throughput beside it.
+runs under valgrind's callgrind, which counts every machine instruction the worker's process
+executes (all its threads: the jobs' and the collector's emitter) and simulates its caches. The
+count is cut where the sentinel jobs run (``collector_probes._common.mark`` calls
+``os.getresgid()``, and callgrind dumps its counters before that function): between the two, only
+the ``jobs`` jobs and, as each sentinel first has the collector send what it holds, all the
+collector's work for them. Start-up, shutdown and the idle polling around them are left out; a
+difference of two queue sizes, whole runs counted, left them in, and it moved from run to run by
+0.1 % (arq, Celery) to 0.8 % (Taskiq) and 5 % (Dramatiq) of a job.
 
 From the counts, per job: instructions (Ir) and estimated cycles, ``Ir + 10 × L1 misses + 100 ×
 last-level misses`` (the weights cachegrind's documentation and callgrind's CEst use). A worker
 running no-op jobs is CPU-bound, so its throughput falls as its cycles per job rise: the loss is
-``(with - without) / with``.
+``(with - without) / with``. Each mode runs ``repeat`` times, alternating; the median is reported.
 
 Valgrind runs a worker ~100 times slower, so the collector's clocks are stretched as much (see
 ``collector_probes._common.dilate_clocks``): a send still carries as many rows, heartbeats come as
@@ -28,15 +29,18 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import statistics
 import tempfile
 from typing import Any, Callable
 
 __all__ = ["available", "measure", "DILATE"]
 
-#: How much slower a worker runs under cachegrind with its cache simulation (measured: 100-120).
+#: How much slower a worker runs under callgrind with its cache simulation (measured: 100-120).
 DILATE = 100
-#: The queue sizes whose difference gives the per-job cost.
-SIZES = (200, 1200)
+#: Jobs between the sentinels of a counted run, by default.
+JOBS = 1000
+#: The function whose every call cuts callgrind's count (``mark`` calls ``os.getresgid()``).
+CUT = "os_getresgid"
 
 
 def available() -> bool:
@@ -45,13 +49,13 @@ def available() -> bool:
 
 
 def _summary(path: str) -> dict[str, int] | None:
-    """A cachegrind output file's totals by event (Ir, I1mr, ILmr, Dr, D1mr, DLmr, Dw, D1mw, DLmw)."""
+    """A callgrind output file's totals by event (Ir, I1mr, ILmr, Dr, D1mr, DLmr, Dw, D1mw, DLmw)."""
     names: list[str] = []
     with open(path) as f:
         for line in f:
             if line.startswith("events:"):
                 names = line.split()[1:]
-            elif line.startswith("summary:"):
+            elif line.startswith(("summary:", "totals:")):
                 return dict(zip(names, (int(x) for x in line.split()[1:])))
     return None
 
@@ -64,40 +68,40 @@ def cycles(counts: dict[str, float]) -> float:
 
 
 def _run(probe: Callable[[list[str], dict[str, str]], dict[str, Any]], out_dir: str, mode: str,
-         jobs: int) -> dict[str, int]:
-    """One worker run under cachegrind; the counts of the process that ran the jobs (the busiest)."""
-    tag = f"{mode}-{jobs}"
-    wrap = (f"valgrind --tool=cachegrind --cache-sim=yes --trace-children=yes -q "
-            f"--cachegrind-out-file={out_dir}/{tag}.%p")
+         run: int, jobs: int) -> dict[str, int]:
+    """One worker run under callgrind; the counts between its sentinels (dump 2 of the process that
+    ran them: dump 1 is everything before the first cut)."""
+    tag = f"{mode}-{run}"
+    wrap = (f"valgrind --tool=callgrind --cache-sim=yes --trace-children=yes -q --dump-before={CUT} "
+            f"--callgrind-out-file={out_dir}/{tag}.%p")
     probe(["throughput", "--jobs", str(jobs), "--collector", mode, "--warmup", "50", "--timeout", "1800"],
           {"FB_BENCH_WRAP": wrap, "FB_BENCH_DILATE": str(DILATE)})
-    counts = [c for c in (_summary(p) for p in glob.glob(f"{out_dir}/{tag}.*")) if c]
-    if not counts:
-        raise RuntimeError(f"valgrind wrote no counts for {tag}")
-    return max(counts, key=lambda c: c["Ir"])
+    counts = [c for c in (_summary(p) for p in glob.glob(f"{out_dir}/{tag}.*.2")) if c]
+    if len(counts) != 1:
+        raise RuntimeError(f"valgrind cut {len(counts)} counts between sentinels for {tag}, not one")
+    return counts[0]
 
 
 def measure(probe: Callable[[list[str], dict[str, str]], dict[str, Any]],
-            log: Callable[[str], None], lib: str) -> dict[str, Any]:
+            log: Callable[[str], None], lib: str, repeat: int = 1, jobs: int = JOBS) -> dict[str, Any]:
     """Per-job instructions and estimated cycles of ``lib``'s worker without and with the collector.
 
     ``probe(args, env)`` runs the library's probe script with extra environment variables.
     """
-    keep = os.environ.get("FB_BENCH_CG_DIR")  # keep the output files there, for cg_annotate / cg_diff
+    keep = os.environ.get("FB_BENCH_CG_DIR")  # keep the output files there, for callgrind_annotate
     out_dir = os.path.join(keep, lib) if keep else tempfile.mkdtemp(prefix=f"flowerbed-cg-{lib}-")
     os.makedirs(out_dir, exist_ok=True)
+    runs: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
     try:
-        per_job: dict[str, dict[str, float]] = {}
-        for mode, name in (("0", "without"), ("1", "with")):
-            runs = {}
-            for jobs in SIZES:
-                log(f"{lib}: under valgrind, {name} collector, {jobs} jobs")
-                runs[jobs] = _run(probe, out_dir, mode, jobs)
-            small, big = runs[SIZES[0]], runs[SIZES[1]]
-            per_job[name] = {k: (big[k] - small[k]) / (SIZES[1] - SIZES[0]) for k in big}
+        for i in range(repeat):
+            for mode, name in (("0", "without"), ("1", "with")):
+                log(f"{lib}: under valgrind, {name} collector, {jobs} jobs (run {i + 1}/{repeat})")
+                counts = _run(probe, out_dir, mode, i, jobs)
+                runs[name].append({k: v / jobs for k, v in counts.items()})
     finally:
         if not keep:
             shutil.rmtree(out_dir, ignore_errors=True)
+    per_job = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
     without, with_ = per_job["without"], per_job["with"]
     ir0, ir1 = without["Ir"], with_["Ir"]
     c0, c1 = cycles(without), cycles(with_)
@@ -109,6 +113,7 @@ def measure(probe: Callable[[list[str], dict[str, str]], dict[str, Any]],
         "cycles_per_job_without": round(c0),
         "cycles_per_job_with": round(c1),
         "cycles_loss_pct": round((c1 - c0) / c1 * 100.0, 2),
-        "sizes": list(SIZES),
+        "jobs": jobs,
+        "ir_per_job_runs": {name: [round(r["Ir"]) for r in rs] for name, rs in runs.items()},
         "counts_per_job": {k: {e: round(v) for e, v in d.items()} for k, d in per_job.items()},
     }

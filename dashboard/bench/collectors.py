@@ -60,7 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-throughput", action="store_true", help="only the in-process cost")
     p.add_argument("--valgrind", action="store_true",
                    help="also count the worker's instructions and cache misses per job under valgrind, "
-                        "without and with the collector: the loss to ±0.2-0.8 points (~3 min a library)")
+                        "without and with the collector, between the sentinel jobs (~3 min a library)")
+    p.add_argument("--valgrind-repeat", type=int, default=1,
+                   help="counted runs per mode under --valgrind; the median is reported (default 1)")
+    p.add_argument("--valgrind-jobs", type=int, default=1000,
+                   help="jobs between the sentinels of a run under --valgrind (default 1000)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--redis-url", default=os.environ.get("FLOWERBED_REDIS_URL", "redis://127.0.0.1:6379/0"))
     return p
@@ -203,7 +207,8 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
         def probe(probe_args: list[str], extra_env: dict[str, str]) -> dict[str, Any]:
             return _probe(python, lib, probe_args, args.redis_url, timeout=2400, extra_env=extra_env)
 
-        out["valgrind"] = collector_instructions.measure(probe, _log, lib)
+        out["valgrind"] = collector_instructions.measure(probe, _log, lib, repeat=args.valgrind_repeat,
+                                                         jobs=args.valgrind_jobs)
     out["load_avg"] = [round(load0, 2), round(_load(), 2)]
     return out
 
@@ -257,8 +262,8 @@ def _table(results: list[dict[str, Any]]) -> str:
                          f"{r.get('entries_per_job', float('nan')):.3f} stream entries")
     counted = [r for r in results if "valgrind" in r]
     if counted:
-        lines.append("counted under valgrind (a real worker, all its threads; per job, the difference of "
-                     "two queue sizes):")
+        lines.append("counted under valgrind (a real worker, all its threads, between the sentinel jobs; "
+                     "per job, the median of the runs):")
         lines.append(f"  {'library':<9} {'instructions without':>21} {'with':>10} {'added':>8} {'loss %':>7} "
                      f"{'est. cycles loss %':>19}")
         for r in counted:

@@ -42,20 +42,22 @@ def test_bench_collectors_reports_celery() -> None:
 
 @pytest.mark.timeout(900)
 def test_bench_collectors_counts_a_real_arq_workers_instructions_under_valgrind() -> None:
-    """``--valgrind`` runs the real worker under cachegrind in both modes and reports per-job counts:
-    the worker with the collector runs more instructions per job than the one without."""
+    """``--valgrind`` runs the real worker under callgrind in both modes and reports per-job counts,
+    cut between the sentinel jobs: the worker with the collector runs more instructions per job than
+    the one without."""
     if subprocess.run(["which", "valgrind"], capture_output=True).returncode != 0:
         pytest.skip("valgrind is not installed (.ci/run installs it)")
     proc = subprocess.run(
         [sys.executable, "-m", "dashboard", "bench", "collectors", "--libs", "arq", "--skip-throughput",
-         "--inproc-repeat", "2", "--jobs", "200", "--valgrind", "--json"],
+         "--inproc-repeat", "2", "--jobs", "200", "--valgrind", "--valgrind-jobs", "300", "--json"],
         capture_output=True, text=True, timeout=850,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "arq: under valgrind, with collector, 1200 jobs" in proc.stderr
+    assert "arq: under valgrind, with collector, 300 jobs (run 1/1)" in proc.stderr
     counted = json.loads(proc.stdout)["libs"]["arq"]["valgrind"]
     without, with_ = counted["ir_per_job_without"], counted["ir_per_job_with"]
     assert 100_000 < without < with_  # a job is a real worker's; the collector's hooks add to it
     assert abs(counted["ir_added_per_job"] - (with_ - without)) <= 1 and with_ - without > 5_000
     assert counted["ir_loss_pct"] == pytest.approx((with_ - without) / with_ * 100, abs=0.01)
-    assert 0 < counted["cycles_loss_pct"] and counted["sizes"] == [200, 1200]
+    assert 0 < counted["cycles_loss_pct"] and counted["jobs"] == 300
+    assert counted["ir_per_job_runs"] == {"without": [without], "with": [with_]}
