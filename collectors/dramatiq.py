@@ -42,6 +42,7 @@ both are reported.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import os
 import sys
@@ -65,7 +66,6 @@ from .constants import HEARTBEAT_INTERVAL_S
 from .emitter import map_distinct, row_builder
 from .events import (
     C_ARGS,
-    C_CPU,
     C_DURATION,
     C_ENQUEUED_AT,
     C_MAX_ATTEMPTS,
@@ -107,6 +107,8 @@ _SUCCEEDED = EventType.JOB_SUCCEEDED
 _monotonic = time.monotonic
 _thread_time = time.thread_time
 _get_ident = threading.get_ident
+_modules = sys.modules
+_OTEL = "opentelemetry.trace"  # current_trace() only once OpenTelemetry is loaded
 
 
 class _Attempt:
@@ -227,10 +229,13 @@ def _succeeded_row(collector: Collector, broker: Any, run: _Attempt, alone: bool
         collector._cpu.learn(message.actor_name, duration)
         if cpu1 is not None:
             cpu_ms = round((cpu1 - cpu0) * 1000.0, 3)
-    row = job_row(_SUCCEEDED, _now(), message_id, message.actor_name, message.queue_name, run.attempt,
-                  (broker, options.get("max_retries", _MISSING)), options.get(OPTION_CORRELATION) or message_id,
-                  run.trace)
-    row[C_DURATION], row[C_CPU] = duration, cpu_ms
+    trace = run.trace
+    # events.job_row's row (ROW_COLS), written out: a call less on the worker thread.
+    row = [_SUCCEEDED, _now(), message_id, message.actor_name, message.queue_name, run.attempt,
+           (broker, options.get("max_retries", _MISSING)), None, duration, cpu_ms, None,
+           options.get(OPTION_CORRELATION) or message_id, None, None,
+           None if trace is None else trace.get("trace_id"), None if trace is None else trace.get("span_id"),
+           None, None]
     if alone:
         row[C_STARTED_AT] = run.ts
         row[C_ENQUEUED_AT] = message.message_timestamp / 1000.0
@@ -274,6 +279,8 @@ class Collector(Middleware):
         self.config = CollectorConfig.resolve(app, redis_url, stream, capture_args, redact)
         self.recorder = Recorder(LIB, self.config)
         self._rows = self.recorder.emitter.row_queue(lambda: self.recorder.identity, _finish_rows)
+        self._held = self.recorder.emitter.held  # the emitter's held starts (see Emitter.begin), read directly
+        self._enabled = self.config.enabled
         self.heartbeat_interval = heartbeat_interval
         self._scheduler = scheduler
         self._reset()
@@ -290,6 +297,8 @@ class Collector(Middleware):
         self._registered: set[str] = set()
         self._scheduler_beat: Heartbeat | None = None
         self._cpu = CpuSampler()
+        self._slow, self._cpu_every = self._cpu.is_slow, self._cpu.every
+        self._ticks = itertools.count(1)
 
     # --- enqueues ------------------------------------------------------------------------------
 
@@ -352,17 +361,23 @@ class Collector(Middleware):
     # --- one attempt ---------------------------------------------------------------------------
 
     def before_process_message(self, broker: Any, message: Any) -> None:
-        """An attempt begins on this worker thread: snapshot, and leave the event to the emitter."""
+        """An attempt begins on this worker thread: snapshot, and leave the event to the emitter.
+
+        This, after_process_message and after_ack run for every message, in a worker whose no-op job
+        is ~900,000 machine instructions: each Python call saved here is ~0.05 % of it.
+        """
         try:
-            msg = _bare(message)
-            cpu0 = _thread_time() if self._cpu.want(msg.actor_name) else None  # a system call: sampled
+            msg = getattr(message, "_message", message)  # the bare Message (see _bare)
+            name = msg.actor_name
+            # A thread CPU clock is a system call: sampled (CpuSampler; a count shared by the threads).
+            cpu0 = _thread_time() if self._slow(name, True) or not next(self._ticks) % self._cpu_every else None
             run = _Attempt(msg, int(msg.options.get("retries") or 0) + 1, True, _monotonic(), cpu0)
             self._runs[_get_ident()] = run  # replaces a stale attempt whose ack never came
-            rec = self.recorder
-            if rec.config.enabled:  # held: a job that ends before the next send costs one event
+            if self._enabled:  # held: a job that ends before the next send costs one event
                 run.ts = _now()
-                run.trace = current_trace()
-                rec.emitter.begin(run, (_started_row, rec, broker, run))
+                if _OTEL in _modules:
+                    run.trace = current_trace()
+                self._held[run] = (_started_row, self.recorder, broker, run)
         except Exception:
             hook_failed("dramatiq before_process_message")
 
@@ -373,7 +388,7 @@ class Collector(Middleware):
         try:
             t1 = _monotonic()
             run = self._runs.get(_get_ident())
-            if run is None or run.message is not _bare(message) or run.outcome is not None:
+            if run is None or run.message is not getattr(message, "_message", message) or run.outcome is not None:
                 run = self._attempt_of(broker, message)
                 t1 = _monotonic()
             run.t1 = t1
@@ -417,8 +432,15 @@ class Collector(Middleware):
         """The message is settled and gone: success, a retried failure, or a final one without a DLQ."""
         try:
             run = self._settle(message)
-            if run is not None:  # else: the .DQ copy of a delayed message, acked as it moves on
+            if run is None:  # the .DQ copy of a delayed message, acked as it moves on
+                return
+            if run.outcome != "ok":
                 self._report(broker, run, message, dead=False)
+                return
+            counts = self._counts.get(_get_ident()) or self._thread_counts()
+            counts[0] += 1
+            if self._enabled:  # its start folded in when that was never sent
+                self._rows.add(_succeeded_row(self, broker, run, self._held.pop(run, None) is not None))
         except Exception:
             hook_failed("dramatiq after_ack")
 
@@ -454,20 +476,22 @@ class Collector(Middleware):
         run = self._runs.get(ident)
         if run is None or run.outcome is None:
             return None
-        if run.message is not _bare(message) and run.message_id != message.message_id:
+        if run.message is not getattr(message, "_message", message) and run.message_id != message.message_id:
             return None
         del self._runs[ident]
         return run
 
     def _count(self, failed: bool) -> None:
         """Count a settled attempt in this thread's own [processed, failed] (no other thread writes it)."""
-        ident = _get_ident()
-        counts = self._counts.get(ident)
-        if counts is None:
-            counts = self._counts[ident] = [0, 0]
+        counts = self._counts.get(_get_ident()) or self._thread_counts()
         counts[0] += 1
         if failed:
             counts[1] += 1
+
+    def _thread_counts(self) -> list[int]:
+        """This thread's [processed, failed], made on its first settled attempt."""
+        counts = self._counts[_get_ident()] = [0, 0]
+        return counts
 
     def counters(self) -> dict[str, int]:
         """inflight, processed and failed of this process, for heartbeats and worker-offline."""
@@ -484,9 +508,8 @@ class Collector(Middleware):
         ok = run.outcome == "ok" and not dead
         self._count(failed=not ok)
         if ok:
-            if rec.config.enabled:  # its start folded in when that was never sent
-                alone = rec.emitter.settle(run) is not None
-                self._rows.add(_succeeded_row(self, broker, run, alone))
+            if self._enabled:  # its start folded in when that was never sent
+                self._rows.add(_succeeded_row(self, broker, run, self._held.pop(run, None) is not None))
             return
         rec.emitter.release(run)  # a failure is sent as two events, as it always was
         fields = run.fields(broker)

@@ -268,3 +268,12 @@ def test_an_enqueue_time_left_as_its_label_reads_back_as_the_number() -> None:
     got, bad = events.decode_rows(_rows_data(rows_))
     assert [(e["job_id"], e.get("enqueued_at")) for e in got] == [("j0", 1733500000.123456), ("j1", None)]
     assert [i for i, _ in bad] == [2, 3] and "'enqueued_at'" in bad[0][1] and "'soon'" in bad[1][1]
+
+
+def test_the_row_columns_are_the_ones_collectors_write_out() -> None:
+    """Two hot paths write a row as a list display in this order (collectors.taskiq's instrumented
+    ``loads``, collectors.dramatiq's ``_succeeded_row``): a change here must change them too."""
+    assert events.ROW_COLS == (
+        "type", "ts", "job_id", "task", "queue", "attempt", "max_attempts", "started_at", "duration_ms",
+        "cpu_ms", "enqueued_at", "correlation_id", "args", "payload_bytes", "trace_id", "span_id", "eta", "x",
+    )
