@@ -11,7 +11,9 @@ and, for schedule events, build the scheduler with the instrumented subclass::
 Taskiq has no retry hook: a retry middleware re-sends the message with the same task id from
 inside ``on_error``, so a send of a running task's id (or ``NoResultError`` in ``post_execute``)
 marks the attempt as retrying; any other error is final. Enqueue time and correlation id travel
-as labels stamped in ``pre_send``.
+as labels stamped in ``pre_send``. A worker's attempt begins where Taskiq first hands over each
+message, its formatter's ``loads`` (made to report to the collector: see :func:`_instrument`), and
+ends in ``post_execute``.
 """
 
 from __future__ import annotations
