@@ -243,8 +243,8 @@ def _succeeded_row(collector: Collector, broker: Any, run: _Attempt, alone: bool
         # a tuple took the sending thread ~5,000 instructions a row (see events.previews).
         args, kwargs = message.args, message.kwargs
         row[C_ARGS] = (args, kwargs) if kwargs else list(args)
-        schedule, slot = _schedule_of(message)
-        if schedule is not None:
+        if options.get("scheduled_at"):  # periodiq's (see _schedule_of): a call only then
+            schedule, slot = _schedule_of(message)
             row[C_X] = {"schedule": schedule, "slot": slot}
     if run.result is not None:
         set_extra(row, "result", run.result)

@@ -532,7 +532,7 @@ class Collector(TaskiqMiddleware):
         with swallow_errors("taskiq.on_error"):
             if len(self._errors) >= _MAX_TRACKED:
                 self._errors.clear()
-            self._errors[message.labels.get(LABEL_RUN) or message.task_id] = exception
+            self._errors[_run_of(message)] = exception
 
     def post_execute(self, message: Any, result: Any) -> None:
         """Report the attempt's outcome: succeeded, retrying or finally failed.
@@ -543,7 +543,9 @@ class Collector(TaskiqMiddleware):
         try:
             t1 = _perf()
             labels = message.labels
-            run = labels.get(LABEL_RUN) or message.task_id
+            run = labels.get(LABEL_RUN)
+            if type(run) is not int:
+                run = _run_of(message)
             row = self._running.pop(run, None)
             if result.is_err and self._ended_in_error(message, result, run, row, t1):
                 return
@@ -662,6 +664,16 @@ class Collector(TaskiqMiddleware):
 
 _NO_RETRY: Any = object()
 _instances = itertools.count()
+
+
+def _run_of(message: Any) -> Any:
+    """The key of a message's attempt: its LABEL_RUN, an int, though text when a retry sent through a
+    schedule source brought the label's type as text and ``parse_labels`` applied it; else its task id."""
+    run = message.labels.get(LABEL_RUN)
+    if type(run) is int:
+        return run
+    number = _int(run, -1)
+    return number if number >= 0 else message.task_id
 
 
 def _run_base(instance: int) -> int:
