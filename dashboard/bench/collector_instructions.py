@@ -8,9 +8,10 @@ executes (all its threads: the jobs' and the collector's emitter) and simulates 
 count is cut where the sentinel jobs run (``collector_probes._common.mark`` calls
 ``os.getresgid()``, and callgrind dumps its counters before that function): between the two, only
 the ``jobs`` jobs and, as each sentinel first has the collector send what it holds, all the
-collector's work for them. Start-up, shutdown and the idle polling around them are left out; a
-difference of two queue sizes, whole runs counted, left them in, and it moved from run to run by
-0.1 % (arq, Celery) to 0.8 % (Taskiq) and 5 % (Dramatiq) of a job.
+collector's work for them. Start-up, shutdown and the idle polling around them are left out: a
+Taskiq worker's count per job repeated to 0.02 % over three runs, where a difference of two queue
+sizes, whole runs counted, moved by 0.8 % (and Dramatiq's by 5 %; its consumer thread polls Redis
+on a timer, so how many polls fall between the sentinels still moves its count by ~2 %).
 
 From the counts, per job: instructions (Ir) and estimated cycles, ``Ir + 10 × L1 misses + 100 ×
 last-level misses`` (the weights cachegrind's documentation and callgrind's CEst use). A worker
