@@ -385,6 +385,7 @@ class Collector(TaskiqMiddleware):
     async def startup(self) -> None:
         """Announce a worker (or start scheduler heartbeats) when the broker starts."""
         with swallow_errors("taskiq.startup"):
+            self._wrap_formatter()  # again: a formatter set after the middleware was added
             broker = self.broker
             if broker.is_worker_process:
                 self._worker_online()

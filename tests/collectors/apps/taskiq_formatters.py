@@ -2,7 +2,7 @@
 
 The collector begins each attempt in the formatter's ``loads`` (see ``collectors.taskiq._instrument``):
 the default formatter keeps its identity and type, and one whose class cannot be swapped (here a
-``SimpleNamespace``, a built-in type) is wrapped. Prints, per kind, the job id and what the broker's
+``SimpleNamespace``, a built-in type, here set after the collector was added) is wrapped. Prints, per kind, the job id and what the broker's
 formatter became.
 """
 
@@ -20,12 +20,12 @@ import collectors.taskiq
 
 async def run(kind: str) -> dict[str, object]:
     broker = InMemoryBroker()
-    original = broker.formatter
-    if kind == "namespace":
-        inner = ProxyFormatter(broker)
-        original = broker.formatter = types.SimpleNamespace(dumps=inner.dumps, loads=inner.loads, broker=broker)
     collector = collectors.taskiq.Collector()
     broker.add_middlewares(collector)
+    original = broker.formatter
+    if kind == "namespace":  # set after the collector was added: its startup instruments it
+        inner = ProxyFormatter(broker)
+        original = broker.formatter = types.SimpleNamespace(dumps=inner.dumps, loads=inner.loads, broker=broker)
 
     @broker.task(task_name=f"formatters.{kind}")
     async def job(x: int) -> int:
