@@ -504,13 +504,10 @@ class Collector(Middleware):
         return {"inflight": rec.inflight, "processed": rec.processed, "failed": rec.failed}
 
     def _report(self, broker: Any, run: _Attempt, message: Any, dead: bool) -> None:
+        """An attempt settled other than as a success (after_ack reports those): retried, failed,
+        skipped, or processed yet dead-lettered by a middleware."""
         rec = self.recorder
-        ok = run.outcome == "ok" and not dead
-        self._count(failed=not ok)
-        if ok:
-            if self._enabled:  # its start folded in when that was never sent
-                self._rows.add(_succeeded_row(self, broker, run, self._held.pop(run, None) is not None))
-            return
+        self._count(failed=True)
         rec.emitter.release(run)  # a failure is sent as two events, as it always was
         fields = run.fields(broker)
         if dead:

@@ -491,10 +491,8 @@ class Emitter:
                 self.dropped += 1
                 continue
             batch.add(head, data, 1)
-        step = MAX_ROWS * ROW_WIDTH
         for identity, cells in groups.items():
-            for i in range(0, len(cells), step):
-                self._add_rows(batch, identity, cells[i:i + step])
+            self._add_rows(batch, identity, cells)
         return batch
 
     def _take_rows(self, batch: _Batch, queue: RowQueue, most: int, redactor: Redactor) -> int:
@@ -513,14 +511,18 @@ class Emitter:
         except Exception:
             self.dropped += count
             return count
-        step = MAX_ROWS * ROW_WIDTH
-        for i in range(0, len(cells), step):
-            self._add_rows(batch, identity, cells[i:i + step] if len(cells) > step else cells)
+        self._add_rows(batch, identity, cells)
         return count
 
     def _add_rows(self, batch: _Batch, identity: Any, cells: list[Any]) -> None:
-        """One ``b`` entry for the rows in ``cells`` of one sender; halved until each entry fits the size limit."""
+        """``b`` entries for the rows in ``cells`` of one sender: ``MAX_ROWS`` at most each, halved
+        until each fits the size limit."""
         rows = len(cells) // ROW_WIDTH
+        if rows > MAX_ROWS:
+            step = MAX_ROWS * ROW_WIDTH
+            for i in range(0, len(cells), step):
+                self._add_rows(batch, identity, cells[i:i + step])
+            return
         try:
             data = dumps_bytes(rows_entry(new_event_id(), identity, cells))
         except Exception:

@@ -106,18 +106,6 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def _enqueued_at(label: Any) -> float | None:
-    """The enqueue-time label as unix seconds. Producers stamp ``f"{time.time():.6f}"``: read back as
-    the integer of its digits over 10⁶, the same float as ``float(label)`` (both correctly rounded)
-    for a third of its cost (``float`` of 16 digits is a bignum ``strtod``, ~1,600 instructions)."""
-    if type(label) is str and label[-7:-6] == ".":
-        try:
-            return int(label.replace(".", "", 1)) / 1e6
-        except ValueError:
-            pass
-    return _float(label)
-
-
 def _int(value: Any, default: int = 0) -> int:
     if value is None:
         return default
@@ -235,8 +223,6 @@ def _instrument(formatter: Any, collector: Collector) -> Any:
     class cannot be swapped (a built-in type), or whose methods are its instance's own, is wrapped
     in :class:`_Forwarding`.
     """
-    if getattr(type(formatter), "_flowerbed_collector", None) is collector:
-        return formatter
     base = type(formatter)
     base_dumps, base_loads = getattr(base, "dumps", None), getattr(base, "loads", None)
     own = getattr(formatter, "__dict__", None) or {}
@@ -454,14 +440,14 @@ class Collector(TaskiqMiddleware):
         try:
             labels = message.labels
             if LABEL_ENQUEUED_AT not in labels:
-                labels[LABEL_ENQUEUED_AT] = f"{time.time():.6f}"  # see _enqueued_at
+                labels[LABEL_ENQUEUED_AT] = f"{time.time():.6f}"
             if LABEL_CORRELATION not in labels:
                 current = _current_job.get()
                 labels[LABEL_CORRELATION] = (
                     str(current.labels.get(LABEL_CORRELATION) or current.task_id) if current is not None
                     else new_correlation_id()
                 )
-            run = _int(labels.get(LABEL_RUN), -1)  # a label sent becomes text
+            run = _run_of(message)
             if run in self._running and "_retries" in labels:
                 # A retry middleware is re-sending the running attempt: remember the chosen delay.
                 self._retry_delays[run] = _float(labels.get("delay"))
@@ -519,7 +505,7 @@ class Collector(TaskiqMiddleware):
             fields["queue"] = self._queue(labels)
             fields["attempt"] = row[C_ATTEMPT]
             fields["max_attempts"] = self._max_attempts(labels)
-            fields["enqueued_at"] = _enqueued_at(labels.get(LABEL_ENQUEUED_AT))
+            fields["enqueued_at"] = _float(labels.get(LABEL_ENQUEUED_AT))
             fields["duration_ms"] = round((t1 - row[C_DURATION]) * 1000.0, 3)
             cpu = row[C_CPU]
             if cpu is not None and cpu[1] == self._seq and not self._running:
@@ -623,11 +609,11 @@ class Collector(TaskiqMiddleware):
 
     def _max_attempts(self, labels: dict[str, Any]) -> int | None:
         """Attempts the retry policy allows: Taskiq's ``max_retries`` counts attempts, not retries."""
-        return self._max_attempts_for(labels.get("retry_on_error"), labels.get("max_retries"))
+        return self._max_attempts_of(_retry_labels(labels))
 
     def _max_attempts_of(self, retry: tuple[Any, Any] | None) -> int | None:
         """:meth:`_max_attempts` from what :func:`_retry_labels` kept of a message's labels."""
-        return self._max_attempts_for(None, None) if retry is None else self._max_attempts_for(*retry)
+        return self._max_attempts_for(*(retry or (None, None)))
 
     def _max_attempts_for(self, retry_on_error: Any, max_retries: Any) -> int | None:
         """:meth:`_max_attempts` from a message's two retry labels (None when it has not got one)."""
