@@ -6,9 +6,9 @@ One line, in the module that builds the broker (so workers, producers and period
 
 Where it sits in the middleware list does not matter. Dramatiq calls ``after_*`` hooks in reverse
 order, so an appended middleware hears ``after_process_message`` *before* Retries has decided
-anything. The collector therefore only notes the outcome there, and reports the attempt once the
-message is settled: at ``after_ack`` / ``after_nack``, which come after every middleware has run.
-The verdict is then read off what really happened:
+anything. A success is reported there (Retries only acts on an exception); any other outcome is
+only noted there, and reported once the message is settled: at ``after_ack`` / ``after_nack``,
+which come after every middleware has run. The verdict is then read off what really happened:
 
 * nacked → the message is in the dead-letter queue (``<queue>.XQ``): ``job-failed`` with
   ``final=True``, ``dead_letter_queue`` and ``payload`` = the full message dict (``Message.asdict()``:
@@ -293,6 +293,9 @@ class Collector(Middleware):
         #: heartbeats add them up.
         self._counts: dict[int, list[int]] = {}
         self._lock = threading.Lock()
+        #: Threads whose attempt waits for its ack or nack (see _await_settle).
+        self._unsettled: set[int] = set()
+        self.__dict__.pop("after_ack", None)
         self._beats: list[Heartbeat] = []
         self._registered: set[str] = set()
         self._scheduler_beat: Heartbeat | None = None
@@ -384,10 +387,18 @@ class Collector(Middleware):
     def after_process_message(
         self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
     ) -> None:
-        """Note how the attempt ended; it is reported once the message is acked or nacked."""
+        """A success is reported here; any other outcome is noted, and reported once the message is
+        settled (after_ack / after_nack), when every middleware has had its say (see the module's doc).
+
+        A success cannot turn into a retry: only a middleware that fails the message could still change
+        it, and one that ran before this hook has set ``failed`` (that attempt waits for its nack). One
+        that fails it after this hook (rare: nothing in Dramatiq does) gets a final failure at its nack,
+        after the success.
+        """
         try:
             t1 = _monotonic()
-            run = self._runs.get(_get_ident())
+            ident = _get_ident()
+            run = self._runs.get(ident)
             if run is None or run.message is not getattr(message, "_message", message) or run.outcome is not None:
                 run = self._attempt_of(broker, message)
                 t1 = _monotonic()
@@ -401,6 +412,14 @@ class Collector(Middleware):
                         run.result = cap_text(repr(result), _RESULT_PREVIEW_CHARS)
                     except Exception:
                         run.result = f"<{type(result).__name__}>"
+                if getattr(message, "failed", False):  # failed by a middleware: reported at its nack
+                    self._await_settle(ident)
+                    return
+                del self._runs[ident]
+                counts = self._counts.get(ident) or self._thread_counts()
+                counts[0] += 1
+                if self._enabled:  # its start folded in when that was never sent
+                    self._rows.add(_succeeded_row(self, broker, run, self._held.pop(run, None) is not None))
                 return
             run.outcome = "error"
             run.exc = exception
@@ -409,6 +428,7 @@ class Collector(Middleware):
                 limit = _time_limit_ms(broker, message)
                 run.reason = "timeout"
                 run.exc_message = f"actor exceeded its time limit of {limit:g} ms (TimeLimit)"
+            self._await_settle(ident)
         except Exception:
             hook_failed("dramatiq after_process_message")
 
@@ -422,27 +442,41 @@ class Collector(Middleware):
             run.exc = exc
             run.reason = "expired" if by == AgeLimit.__name__ else "skipped"
             run.exc_message = (str(exc) if exc is not None and str(exc) else None) or f"skipped by {by or 'a middleware'}"
+            self._await_settle(_get_ident())
 
-    #: Not a hook of ours, but Dramatiq calls every middleware's every hook for every message: the
-    #: inherited no-op, a Python method, costs a message ~2,500 machine instructions; a C function of
-    #: two arguments that does nothing with them, ~150.
+    #: Dramatiq calls every middleware's every hook for every message: an inherited no-op, a Python
+    #: method, costs a message ~2,500 machine instructions; a C function of two arguments that does
+    #: nothing with them, ~150. ``before_ack`` is not a hook of ours; ``after_ack`` is one only while an
+    #: attempt that did not succeed waits for its ack (see _await_settle): a success is reported
+    #: at after_process_message, so most acks need nothing.
     before_ack = staticmethod(operator.is_)
+    after_ack = staticmethod(operator.is_)
 
-    def after_ack(self, broker: Any, message: Any) -> None:
-        """The message is settled and gone: success, a retried failure, or a final one without a DLQ."""
-        try:
+    def _await_settle(self, ident: int) -> None:
+        """This thread's attempt is reported when its message is settled: hear after_ack until then.
+
+        The instance's ``after_ack`` (the method) shadows the class's no-op while any thread waits.
+        Kept per thread, so an attempt whose ack never came is dropped by that thread's next wait.
+        """
+        with self._lock:
+            self._unsettled.add(ident)
+            self.after_ack = self._after_ack
+
+    def _settled(self, ident: int) -> None:
+        with self._lock:
+            self._unsettled.discard(ident)
+            if not self._unsettled:
+                self.__dict__.pop("after_ack", None)
+
+    def _after_ack(self, broker: Any, message: Any) -> None:
+        """A message that did not succeed here was acked: a retried failure, a final one without a
+        DLQ, or a skip. (Other threads' acks come here too while one waits: they find nothing.)"""
+        with swallow_errors("dramatiq after_ack"):
             run = self._settle(message)
-            if run is None:  # the .DQ copy of a delayed message, acked as it moves on
+            if run is None:  # another thread's success, or the .DQ copy of a delayed message
                 return
-            if run.outcome != "ok":
-                self._report(broker, run, message, dead=False)
-                return
-            counts = self._counts.get(_get_ident()) or self._thread_counts()
-            counts[0] += 1
-            if self._enabled:  # its start folded in when that was never sent
-                self._rows.add(_succeeded_row(self, broker, run, self._held.pop(run, None) is not None))
-        except Exception:
-            hook_failed("dramatiq after_ack")
+            self._settled(_get_ident())
+            self._report(broker, run, message, dead=False)
 
     def after_nack(self, broker: Any, message: Any) -> None:
         """The message went to the dead-letter queue: a final failure."""
@@ -455,6 +489,7 @@ class Collector(Middleware):
                 run.outcome, run.exc = "error", exc
                 if exc is not None:
                     run.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            self._settled(_get_ident())
             self._report(broker, run, message, dead=True)
 
     def _new_attempt(self, broker: Any, message: Any, started: bool, keep: bool = True) -> _Attempt:
@@ -504,7 +539,7 @@ class Collector(Middleware):
         return {"inflight": rec.inflight, "processed": rec.processed, "failed": rec.failed}
 
     def _report(self, broker: Any, run: _Attempt, message: Any, dead: bool) -> None:
-        """An attempt settled other than as a success (after_ack reports those): retried, failed,
+        """An attempt settled other than as a success (after_process_message reports those): retried, failed,
         skipped, or processed yet dead-lettered by a middleware."""
         rec = self.recorder
         self._count(failed=True)

@@ -226,7 +226,7 @@ def _delete(redis_url: str, stream: str) -> None:
         _log(f"could not delete {stream}: {exc}")
 
 
-def _table(results: list[dict[str, Any]]) -> str:
+def _table(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     nan = float("nan")
     lines = [
         f"{'library':<9} {'µs/job (job thread)':>20} {'µs/job (emitter)':>17} {'jobs/s without':>15} "
@@ -248,6 +248,12 @@ def _table(results: list[dict[str, Any]]) -> str:
             lines.append(f"  {r['lib']}: of the job thread's {r['us_per_job']:.2f} µs, {r['floor_us_per_job']:.2f} µs is "
                          f"the library's own dispatch to hooks that do nothing")
     lines.append(f"goals: ≤ {GOAL_US_PER_JOB:g} µs per job on the job's thread, ≤ {GOAL_LOSS_PCT:g} % throughput loss")
+    budget = GOAL_US_PER_JOB / machine["issue_build_queue_us"]
+    lines.append(f"  this machine builds and queues one job event in {machine['build_queue_us']:.2f} µs and serialises "
+                 f"it in {machine['serialise_us']:.2f} µs ({machine['serialiser']}); the issue measured "
+                 f"~{machine['issue_build_queue_us']:g} and ~{machine['issue_serialise_us']:g} µs, so its "
+                 f"{GOAL_US_PER_JOB:g} µs is {budget:g} events built and queued. The job thread's cost in those: "
+                 + ", ".join(f"{r['lib']} {r['events_built_per_job_cost']:g}" for r in results))
     for r in results:
         if "loss_pct_pairs" in r:
             lines.append(f"  {r['lib']}: loss of each alternation {r['loss_pct_pairs']} %, median {r['loss_pct_median']:.2f} %")
@@ -293,6 +299,13 @@ def main(argv: list[str]) -> int:
         _log(f"unknown libraries: {', '.join(unknown)} (choose from {', '.join(LIBS)})")
         return 2
     started = time.monotonic()
+    from .collector_probes._common import worker_cpus
+    from .reference import measure
+
+    cpus = worker_cpus()
+    machine = measure(min(cpus) if cpus else None)
+    _log(f"this machine: building and queueing one job event {machine['build_queue_us']:.2f} µs, serialising it "
+         f"{machine['serialise_us']:.2f} µs ({machine['serialiser']})")
     results = []
     for lib in libs:
         try:
@@ -306,10 +319,13 @@ def main(argv: list[str]) -> int:
         "load_avg": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
         "seconds": round(time.monotonic() - started, 1),
+        "machine": machine,
         "libs": {r["lib"]: r for r in results},
     }
+    for r in results:  # the job thread's cost in the issue's own unit: events built and queued
+        r["events_built_per_job_cost"] = round(r["us_per_job"] / machine["build_queue_us"], 1)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(_table(results))
+        print(_table(results, machine))
     return 0

@@ -36,6 +36,10 @@ def test_bench_collectors_reports_celery() -> None:
     assert result["emitter_us_per_job_inproc"] > 0 and isinstance(result["cpu_loss_pct_estimate"], float)
     assert report["goals"] == {"us_per_job": 5.0, "loss_pct": 2.0}
     assert len(report["load_avg"]) == 3
+    # The yardsticks timed on this machine, and the job thread's cost counted in the first of them.
+    machine = report["machine"]
+    assert 0 < machine["build_queue_us"] < 50 and 0 < machine["serialise_us"] < 50 and machine["serialiser"] == "orjson"
+    assert result["events_built_per_job_cost"] == pytest.approx(result["us_per_job"] / machine["build_queue_us"], abs=0.1)
     assert set(client.scan_iter("fbbench:*")) == before  # queues, keys and streams are gone
     client.close()
 

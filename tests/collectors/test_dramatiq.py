@@ -158,6 +158,27 @@ def test_worker_reports_every_outcome(make_lab: Callable[..., DramatiqLab], brok
     assert off["inflight"] == 0 and off["worker"] == online["worker"]
 
 
+def test_successes_are_reported_at_once_and_other_outcomes_at_their_settling(
+    make_lab: Callable[..., DramatiqLab],
+) -> None:
+    """A success is reported from after_process_message, so the collector's after_ack is the class's C
+    no-op for every message but those that wait for their ack or nack; a success that a middleware
+    fails afterwards (running before the collector's hook) is dead-lettered and reported as such."""
+    lab = make_lab()
+    seen = json.loads(lab.run_module("tests.collectors.apps.dramatiq_settle").strip().splitlines()[-1])
+    assert seen["fast_after_successes"] and seen["fast_after_a_failure"] and seen["fast_after_a_veto"]
+    assert seen["dead"] == sorted([seen["broken"], seen["vetoed"]])
+    events = lab.wait(lambda ev: of(ev, "job-succeeded", job_id=seen["after"]))
+    for n, job_id in enumerate(seen["fine"]):
+        [done] = of(events, "job-succeeded", job_id=job_id)
+        assert done["attempt"] == 1 and done["duration_ms"] >= 0 and done["result"] == str(n)
+    [broken] = of(events, "job-failed", job_id=seen["broken"])
+    assert broken["final"] is True and broken["exc_message"] == "broken 7" and broken["dead_letter_queue"]
+    [vetoed] = of(events, "job-failed", job_id=seen["vetoed"])
+    assert vetoed["final"] is True and vetoed["exc_message"] == "message failed by a middleware"
+    assert not of(events, "job-succeeded", job_id=seen["vetoed"]) and not of(events, "job-succeeded", job_id=seen["broken"])
+
+
 def test_sigterm_lets_the_running_job_finish(make_lab: Callable[..., DramatiqLab]) -> None:
     lab = make_lab()
     worker = lab.worker()
