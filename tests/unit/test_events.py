@@ -271,8 +271,9 @@ def test_an_enqueue_time_left_as_its_label_reads_back_as_the_number() -> None:
 
 
 def test_the_row_columns_are_the_ones_collectors_write_out() -> None:
-    """Two hot paths write a row as a list display in this order (collectors.taskiq's instrumented
-    ``loads``, collectors.dramatiq's ``_succeeded_row``): a change here must change them too."""
+    """Hot paths write a row as a list display in this order (collectors.taskiq's instrumented
+    ``loads``, collectors.dramatiq's and collectors.arq's ``_succeeded_row``): a change here must change
+    them too."""
     assert events.ROW_COLS == (
         "type", "ts", "job_id", "task", "queue", "attempt", "max_attempts", "started_at", "duration_ms",
         "cpu_ms", "enqueued_at", "correlation_id", "args", "payload_bytes", "trace_id", "span_id", "eta", "x",
