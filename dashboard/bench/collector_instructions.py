@@ -69,14 +69,14 @@ def cycles(counts: dict[str, float]) -> float:
 
 
 def _run(probe: Callable[[list[str], dict[str, str]], dict[str, Any]], out_dir: str, mode: str,
-         run: int, jobs: int) -> dict[str, int]:
+         run: int, jobs: int, extra_env: dict[str, str] | None = None, name: str | None = None) -> dict[str, int]:
     """One worker run under callgrind; the counts between its sentinels (dump 2 of the process that
     ran them: dump 1 is everything before the first cut)."""
-    tag = f"{mode}-{run}"
+    tag = f"{name or mode}-{run}"
     wrap = (f"valgrind --tool=callgrind --cache-sim=yes --trace-children=yes -q --dump-before={CUT} "
             f"--callgrind-out-file={out_dir}/{tag}.%p")
     probe(["throughput", "--jobs", str(jobs), "--collector", mode, "--warmup", "50", "--timeout", "1800"],
-          {"FB_BENCH_WRAP": wrap, "FB_BENCH_DILATE": str(DILATE)})
+          {"FB_BENCH_WRAP": wrap, "FB_BENCH_DILATE": str(DILATE), **(extra_env or {})})
     counts = [c for c in (_summary(p) for p in glob.glob(f"{out_dir}/{tag}.*.2")) if c]
     if len(counts) != 1:
         raise RuntimeError(f"valgrind cut {len(counts)} counts between sentinels for {tag}, not one")
@@ -84,20 +84,28 @@ def _run(probe: Callable[[list[str], dict[str, str]], dict[str, Any]], out_dir: 
 
 
 def measure(probe: Callable[[list[str], dict[str, str]], dict[str, Any]],
-            log: Callable[[str], None], lib: str, repeat: int = 1, jobs: int = JOBS) -> dict[str, Any]:
+            log: Callable[[str], None], lib: str, repeat: int = 1, jobs: int = JOBS,
+            reference: tuple[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """Per-job instructions and estimated cycles of ``lib``'s worker without and with the collector.
 
     ``probe(args, env)`` runs the library's probe script with extra environment variables.
+    ``reference`` is ``(name, env)``: a third run per repeat, without the collector, with that
+    environment (Celery's own task events), counted the same way.
     """
     keep = os.environ.get("FB_BENCH_CG_DIR")  # keep the output files there, for callgrind_annotate
     out_dir = os.path.join(keep, lib) if keep else tempfile.mkdtemp(prefix=f"flowerbed-cg-{lib}-")
     os.makedirs(out_dir, exist_ok=True)
     runs: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
+    modes: list[tuple[str, str, dict[str, str]]] = [("0", "without", {}), ("1", "with", {})]
+    if reference is not None:
+        modes.append(("0", reference[0], reference[1]))
+        runs[reference[0]] = []
     try:
         for i in range(repeat):
-            for mode, name in (("0", "without"), ("1", "with")):
-                log(f"{lib}: under valgrind, {name} collector, {jobs} jobs (run {i + 1}/{repeat})")
-                counts = _run(probe, out_dir, mode, i, jobs)
+            for mode, name, extra_env in modes:
+                what = f"{name} collector" if name in ("without", "with") else name.replace("_", " ")
+                log(f"{lib}: under valgrind, {what}, {jobs} jobs (run {i + 1}/{repeat})")
+                counts = _run(probe, out_dir, mode, i, jobs, extra_env, name)
                 runs[name].append({k: v / jobs for k, v in counts.items()})
     finally:
         if not keep:
@@ -106,7 +114,7 @@ def measure(probe: Callable[[list[str], dict[str, str]], dict[str, Any]],
     without, with_ = per_job["without"], per_job["with"]
     ir0, ir1 = without["Ir"], with_["Ir"]
     c0, c1 = cycles(without), cycles(with_)
-    return {
+    result: dict[str, Any] = {
         "ir_per_job_without": round(ir0),
         "ir_per_job_with": round(ir1),
         "ir_added_per_job": round(ir1 - ir0),
@@ -118,3 +126,10 @@ def measure(probe: Callable[[list[str], dict[str, str]], dict[str, Any]],
         "ir_per_job_runs": {name: [round(r["Ir"]) for r in rs] for name, rs in runs.items()},
         "counts_per_job": {k: {e: round(v) for e, v in d.items()} for k, d in per_job.items()},
     }
+    if reference is not None:  # the reference setting's cost, counted against the same runs without
+        ref = per_job[reference[0]]
+        ir2, c2 = ref["Ir"], cycles(ref)
+        result["reference"] = {"name": reference[0], "ir_per_job": round(ir2), "ir_added_per_job": round(ir2 - ir0),
+                               "ir_loss_pct": round((ir2 - ir0) / ir2 * 100.0, 2),
+                               "cycles_loss_pct": round((c2 - c0) / c2 * 100.0, 2)}
+    return result

@@ -20,6 +20,9 @@ probes from ``collector_probes/`` are run as scripts:
   emitter thread), ``cpu_loss_pct`` its share (the throughput a CPU-bound worker loses), and Redis's
   added CPU is its side of the XADDs. The collector's sending thread is measured apart (it names
   itself ``flowerbed-emit`` to the OS), and the worker's garbage collections are counted.
+  For Celery, each alternation has a third run: the worker with Celery's own task events on
+  (``--task-events``, what Flower reads) and no collector, so the collector's cost stands beside what
+  the same view of the jobs costs a Celery team today (``REFERENCES``; ``--valgrind`` counts it too).
   The worker is pinned to one CPU (``FB_BENCH_CPUS``; see ``_common.worker_cpus``) and runs with a
   fixed ``PYTHONHASHSEED``: unpinned, one run's throughput differed from the next by ±12 % on a
   2-vCPU VM, pinned by ±2-5 %. On 2 vCPUs that are hyperthreads of one core the figures still move
@@ -48,6 +51,12 @@ PROBES = Path(__file__).resolve().parent / "collector_probes"
 #: The goals of issue 3: per job on the job's own thread, and throughput lost to the collector.
 GOAL_US_PER_JOB = 5.0
 GOAL_LOSS_PCT = 2.0
+#: Per library, a worker measured beside the two: what a team pays today for the same view of its
+#: jobs. Celery's own task events (``worker -E``) are what Flower reads. (name, what, probe env)
+REFERENCES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "celery": ("celery_events", "Celery's own task events (worker --task-events, which Flower needs), no collector",
+               {"FB_BENCH_CELERY_EVENTS": "1"}),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -149,12 +158,20 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
         gc_runs: dict[str, list[Any]] = {"without": [], "with": []}
         events: list[int] = []
         entries: list[int] = []
+        modes: list[tuple[str, str, dict[str, str]]] = [("without", "0", {}), ("with", "1", {})]
+        reference = REFERENCES.get(lib)
+        if reference is not None:
+            modes.append((reference[0], "0", reference[2]))
+            runs[reference[0]] = []
         for i in range(args.repeat):
-            for mode, flag in (("without", "0"), ("with", "1")):
-                _log(f"{lib}: throughput {mode} collector, run {i + 1}/{args.repeat}, {args.jobs} jobs "
-                     f"(load {_load():.2f})")
+            for mode, flag, extra_env in modes:
+                what = f"{mode} collector" if mode in ("without", "with") else mode.replace("_", " ")
+                _log(f"{lib}: throughput {what}, run {i + 1}/{args.repeat}, {args.jobs} jobs (load {_load():.2f})")
                 r = _probe(python, lib, ["throughput", "--jobs", str(args.jobs), "--collector", flag],
-                           args.redis_url, timeout=900)
+                           args.redis_url, timeout=900, extra_env=extra_env)
+                if mode not in ("without", "with"):
+                    runs[mode].append(r["jobs_per_s"])
+                    continue
                 runs[mode].append(r["jobs_per_s"])
                 if "cpu_us_per_job" in r:
                     cpu[mode].append(r["cpu_us_per_job"])
@@ -182,6 +199,11 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
         pairs = [(w - c) / w * 100.0 for w, c in zip(runs["without"], runs["with"])]
         out["loss_pct_pairs"] = [round(x, 2) for x in pairs]
         out["loss_pct_median"] = round(statistics.median(pairs), 2)
+        if reference is not None:  # the same alternations' loss to the reference setting
+            ref_pairs = [(w - c) / w * 100.0 for w, c in zip(runs["without"], runs[reference[0]])]
+            out["reference"] = {"name": reference[0], "what": reference[1],
+                                "jobs_per_s": round(max(runs[reference[0]]), 1),
+                                "loss_pct_median": round(statistics.median(ref_pairs), 2)}
         if cpu["without"] and cpu["with"]:
             # CPU per job of the worker's whole process tree, best-of: what the collector adds in total
             # (hooks and emitter thread), and as a share of the worker's (its throughput loss when CPU-bound).
@@ -207,8 +229,10 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
         def probe(probe_args: list[str], extra_env: dict[str, str]) -> dict[str, Any]:
             return _probe(python, lib, probe_args, args.redis_url, timeout=2400, extra_env=extra_env)
 
-        out["valgrind"] = collector_instructions.measure(probe, _log, lib, repeat=args.valgrind_repeat,
-                                                         jobs=args.valgrind_jobs)
+        reference = REFERENCES.get(lib)
+        out["valgrind"] = collector_instructions.measure(
+            probe, _log, lib, repeat=args.valgrind_repeat, jobs=args.valgrind_jobs,
+            reference=None if reference is None else (reference[0], reference[2]))
     out["load_avg"] = [round(load0, 2), round(_load(), 2)]
     return out
 
@@ -266,6 +290,11 @@ def _table(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
                          f"Redis CPU added per job {r.get('redis_cpu_us_per_job_added', float('nan')):.1f} µs; "
                          f"events per job {r.get('events_per_job', float('nan')):.2f} in "
                          f"{r.get('entries_per_job', float('nan')):.3f} stream entries")
+    for r in results:
+        if "reference" in r:
+            ref = r["reference"]
+            lines.append(f"  {r['lib']}, for comparison: {ref['what']}: {ref['jobs_per_s']:.1f} jobs/s, loss "
+                         f"{ref['loss_pct_median']:.2f} % (median of the same alternations)")
     counted = [r for r in results if "valgrind" in r]
     if counted:
         lines.append("counted under valgrind (a real worker, all its threads, between the sentinel jobs; "
@@ -276,6 +305,11 @@ def _table(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
             v = r["valgrind"]
             lines.append(f"  {r['lib']:<9} {v['ir_per_job_without']:>21,} {v['ir_per_job_with']:>10,} "
                          f"{v['ir_added_per_job']:>8,} {v['ir_loss_pct']:>7.2f} {v['cycles_loss_pct']:>19.2f}")
+            ref = v.get("reference")
+            if ref is not None:
+                lines.append(f"  {r['lib']}, for comparison, {REFERENCES[r['lib']][1]}: {ref['ir_per_job']:,} "
+                             f"instructions a job, {ref['ir_added_per_job']:,} added, loss {ref['ir_loss_pct']:.2f} % "
+                             f"(est. cycles {ref['cycles_loss_pct']:.2f} %)")
     for r in results:
         lines.append(f"  {r['lib']}: {r['path']} (env: {r['env']})")
         if "producer_us_per_job" in r:

@@ -35,6 +35,10 @@ def test_bench_collectors_reports_celery() -> None:
     assert max(result["throughput"]["entries_per_run"]) < 100
     assert result["emitter_us_per_job_inproc"] > 0 and isinstance(result["cpu_loss_pct_estimate"], float)
     assert report["goals"] == {"us_per_job": 5.0, "loss_pct": 2.0}
+    # Beside it, what Flower needs of a Celery worker: its own task events, timed in the same alternations.
+    reference = result["reference"]
+    assert reference["name"] == "celery_events" and reference["jobs_per_s"] > 0
+    assert len(result["throughput"]["runs"]["celery_events"]) == 3 and "--task-events" in reference["what"]
     assert len(report["load_avg"]) == 3
     # The yardsticks timed on this machine, and the job thread's cost counted in the first of them.
     machine = report["machine"]

@@ -67,6 +67,8 @@ def _build(pre: str, env: dict[str, str], jobs: int, warmup: int) -> tuple[list[
     celery_bin = os.path.join(os.path.dirname(sys.executable), "celery")
     cmd = [celery_bin, "-A", "celery_probe", "worker", "-P", "solo", "-Q", f"{pre}:q", "-l", "WARNING",
            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if os.environ.get("FB_BENCH_CELERY_EVENTS") == "1":  # Celery's own task events, which Flower needs
+        cmd.append("--task-events")
     # This file runs as __main__, built before the run's prefix was set: the app is imported afresh.
     import celery_probe as app_module
 
