@@ -20,9 +20,10 @@ probes from ``collector_probes/`` are run as scripts:
   emitter thread), ``cpu_loss_pct`` its share (the throughput a CPU-bound worker loses), and Redis's
   added CPU is its side of the XADDs. The collector's sending thread is measured apart (it names
   itself ``flowerbed-emit`` to the OS), and the worker's garbage collections are counted.
-  For Celery, each alternation has a third run: the worker with Celery's own task events on
-  (``--task-events``, what Flower reads) and no collector, so the collector's cost stands beside what
-  the same view of the jobs costs a Celery team today (``REFERENCES``; ``--valgrind`` counts it too).
+  For Celery and Dramatiq, each alternation has a third run, without the collector: the worker with
+  Celery's own task events on (``--task-events``, what Flower reads), and with Dramatiq's own
+  Prometheus middleware. The collector's cost stands beside what a team pays today for a view of its
+  jobs (``REFERENCES``; ``--valgrind`` counts it too).
   The worker is pinned to one CPU (``FB_BENCH_CPUS``; see ``_common.worker_cpus``) and runs with a
   fixed ``PYTHONHASHSEED``: unpinned, one run's throughput differed from the next by ±12 % on a
   2-vCPU VM, pinned by ±2-5 %. On 2 vCPUs that are hyperthreads of one core the figures still move
@@ -51,11 +52,14 @@ PROBES = Path(__file__).resolve().parent / "collector_probes"
 #: The goals of issue 3: per job on the job's own thread, and throughput lost to the collector.
 GOAL_US_PER_JOB = 5.0
 GOAL_LOSS_PCT = 2.0
-#: Per library, a worker measured beside the two: what a team pays today for the same view of its
-#: jobs. Celery's own task events (``worker -E``) are what Flower reads. (name, what, probe env)
+#: Per library, a worker measured beside the two: what a team pays today for a view of its jobs.
+#: Celery's own task events (``worker -E``) are what Flower reads; Dramatiq ships a Prometheus
+#: middleware. (name, what, probe env)
 REFERENCES: dict[str, tuple[str, str, dict[str, str]]] = {
     "celery": ("celery_events", "Celery's own task events (worker --task-events, which Flower needs), no collector",
                {"FB_BENCH_CELERY_EVENTS": "1"}),
+    "dramatiq": ("dramatiq_prometheus", "Dramatiq's own Prometheus middleware (dramatiq.middleware.prometheus), "
+                 "no collector", {"FB_BENCH_DRAMATIQ_PROMETHEUS": "1"}),
 }
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import redis
@@ -69,3 +71,25 @@ def test_bench_collectors_counts_a_real_arq_workers_instructions_under_valgrind(
     assert counted["ir_loss_pct"] == pytest.approx((with_ - without) / with_ * 100, abs=0.01)
     assert 0 < counted["cycles_loss_pct"] and counted["jobs"] == 300
     assert counted["ir_per_job_runs"] == {"without": [without], "with": [with_]}
+
+
+@pytest.mark.timeout(900)
+def test_bench_collectors_times_dramatiq_beside_its_prometheus_middleware(tmp_path: Path) -> None:
+    """Dramatiq's third run has Dramatiq's own Prometheus middleware in the worker (its exposition
+    server forked by the dramatiq command); its metrics files and processes are gone afterwards."""
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    before = set(client.scan_iter("fbbench:*"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "dashboard", "bench", "collectors", "--libs", "dramatiq", "--jobs", "200",
+         "--repeat", "1", "--inproc-repeat", "2", "--json"],
+        capture_output=True, text=True, timeout=850, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dramatiq: throughput dramatiq prometheus, run 1/1, 200 jobs" in proc.stderr
+    result = json.loads(proc.stdout)["libs"]["dramatiq"]
+    reference = result["reference"]
+    assert reference["name"] == "dramatiq_prometheus" and reference["jobs_per_s"] > 0
+    assert "Prometheus middleware" in reference["what"] and len(result["throughput"]["runs"]["dramatiq_prometheus"]) == 1
+    assert not list(tmp_path.glob("*prometheus*"))  # the run's metrics directory is removed
+    assert set(client.scan_iter("fbbench:*")) == before
+    client.close()

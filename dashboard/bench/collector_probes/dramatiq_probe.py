@@ -34,6 +34,10 @@ if __name__ != "__main__":  # the worker's (and the filler's) broker module
         import collectors.dramatiq
 
         broker.add_middleware(collectors.dramatiq.Collector())
+    if os.environ.get("FB_BENCH_DRAMATIQ_PROMETHEUS") == "1":  # Dramatiq's own metrics middleware
+        from dramatiq.middleware.prometheus import Prometheus
+
+        broker.add_middleware(Prometheus())
     dramatiq.set_broker(broker)
 
     @dramatiq.actor(actor_name="noop", queue_name=QUEUE, max_retries=0)
@@ -57,6 +61,18 @@ def _fill(jobs: int, warmup: int) -> None:
 def _build(pre: str, env: dict[str, str], jobs: int, warmup: int) -> tuple[list[str], Any]:
     dramatiq_bin = os.path.join(os.path.dirname(sys.executable), "dramatiq")
     cmd = [dramatiq_bin, "dramatiq_probe", "--processes", "1", "--threads", "1", "--queues", QUEUE]
+    if os.environ.get("FB_BENCH_DRAMATIQ_PROMETHEUS") == "1":
+        # Its metrics files in a directory of this run's (the filler's import makes it too), removed
+        # after it; its exposition server (a process the dramatiq command forks) on a free loopback port.
+        import atexit
+        import shutil
+        import tempfile
+
+        db = tempfile.mkdtemp(prefix=f"{pre}-prometheus-")
+        atexit.register(shutil.rmtree, db, True)
+        settings = {"dramatiq_prom_db": db, "dramatiq_prom_host": "127.0.0.1", "dramatiq_prom_port": "0"}
+        env.update(settings)
+        os.environ.update(settings)
     # This file runs as __main__, built before the run's prefix was set: the app is imported afresh.
     import dramatiq_probe as app_module
 
