@@ -34,7 +34,7 @@ import statistics
 import tempfile
 from typing import Any, Callable
 
-__all__ = ["available", "measure", "DILATE"]
+__all__ = ["available", "measure", "job_thread", "DILATE"]
 
 #: How much slower a worker runs under callgrind with its cache simulation (measured: 100-120).
 DILATE = 100
@@ -133,3 +133,31 @@ def measure(probe: Callable[[list[str], dict[str, str]], dict[str, Any]],
                                "ir_loss_pct": round((ir2 - ir0) / ir2 * 100.0, 2),
                                "cycles_loss_pct": round((c2 - c0) / c2 * 100.0, 2)}
     return result
+
+
+def job_thread(probe: Callable[[list[str], dict[str, str], list[str]], dict[str, Any]],
+               log: Callable[[str], None], lib: str, jobs: int = JOBS) -> dict[str, Any]:
+    """Instructions per job on the job's own thread, in-process, without and with the collector.
+
+    The in-process probe (``probe(args, env, wrap)``) runs under callgrind with threads counted
+    apart; sentinels around the jobs alone (``_common.clocked`` in a counted run) cut the job
+    thread's count. What the µs of the in-process timing count, in a unit no machine changes: the
+    same code took 2-3 times longer on one session's machine than on the next one's.
+    """
+    out_dir = tempfile.mkdtemp(prefix=f"flowerbed-cg-{lib}-inproc-")
+    per_job: dict[str, int] = {}
+    try:
+        for mode in ("without", "with"):
+            log(f"{lib}: job thread under valgrind, {mode} collector, {jobs} jobs in-process")
+            wrap = ["valgrind", "--tool=callgrind", "--separate-threads=yes", "-q", f"--dump-before={CUT}",
+                    f"--callgrind-out-file={out_dir}/{mode}.%p"]
+            probe(["inproc", "--jobs", str(jobs), "--repeat", "1"],
+                  {"FB_BENCH_COUNT_MODE": mode, "FB_BENCH_DILATE": str(DILATE)}, wrap)
+            counts = [c for c in (_summary(p) for p in glob.glob(f"{out_dir}/{mode}.*.2-01")) if c]
+            if len(counts) != 1:
+                raise RuntimeError(f"valgrind cut {len(counts)} job-thread counts for {lib} {mode}, not one")
+            per_job[mode] = round(counts[0]["Ir"] / jobs)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return {"ir_per_job_without": per_job["without"], "ir_per_job_with": per_job["with"],
+            "ir_added_per_job": per_job["with"] - per_job["without"], "jobs": jobs}

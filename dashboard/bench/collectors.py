@@ -109,14 +109,15 @@ def env_python(lib: str) -> tuple[Path, str]:
 
 
 def _probe(python: Path, lib: str, args: list[str], redis_url: str, timeout: float,
-           stream: str | None = None, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+           stream: str | None = None, extra_env: dict[str, str] | None = None,
+           wrap: list[str] | None = None) -> dict[str, Any]:
     env = dict(os.environ, **(extra_env or {}))
     if stream is not None:
         env["FLOWERBED_STREAM"] = stream
     env["FLOWERBED_REDIS_URL"] = redis_url
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.pop("PYTHONPATH", None)  # the probe directory comes first as the script's own
-    proc = subprocess.run([str(python), str(PROBES / f"{lib}_probe.py"), *args], env=env, cwd=str(PROBES),
+    proc = subprocess.run([*(wrap or []), str(python), str(PROBES / f"{lib}_probe.py"), *args], env=env, cwd=str(PROBES),
                           capture_output=True, stdin=subprocess.DEVNULL,
                           timeout=timeout)
     if proc.returncode != 0:
@@ -233,6 +234,15 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
         def probe(probe_args: list[str], extra_env: dict[str, str]) -> dict[str, Any]:
             return _probe(python, lib, probe_args, args.redis_url, timeout=2400, extra_env=extra_env)
 
+        def inproc_probe(probe_args: list[str], extra_env: dict[str, str], wrap: list[str]) -> dict[str, Any]:
+            stream = _inproc_stream(lib)
+            try:
+                return _probe(python, lib, probe_args, args.redis_url, timeout=1200, stream=stream,
+                              extra_env=extra_env, wrap=wrap)
+            finally:
+                _delete(args.redis_url, stream)
+
+        out["valgrind_job_thread"] = collector_instructions.job_thread(inproc_probe, _log, lib, jobs=args.valgrind_jobs)
         reference = REFERENCES.get(lib)
         out["valgrind"] = collector_instructions.measure(
             probe, _log, lib, repeat=args.valgrind_repeat, jobs=args.valgrind_jobs,
@@ -314,6 +324,14 @@ def _table(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
                 lines.append(f"  {r['lib']}, for comparison, {REFERENCES[r['lib']][1]}: {ref['ir_per_job']:,} "
                              f"instructions a job, {ref['ir_added_per_job']:,} added, loss {ref['ir_loss_pct']:.2f} % "
                              f"(est. cycles {ref['cycles_loss_pct']:.2f} %)")
+    threads = [r for r in results if "valgrind_job_thread" in r]
+    if threads:
+        lines.append("counted under valgrind, the job's own thread in-process (the µs above, in a unit no machine "
+                     "changes; per job):")
+        for r in threads:
+            t = r["valgrind_job_thread"]
+            lines.append(f"  {r['lib']:<9} {t['ir_per_job_without']:>10,} → {t['ir_per_job_with']:>10,} instructions, "
+                         f"{t['ir_added_per_job']:,} added")
     for r in results:
         lines.append(f"  {r['lib']}: {r['path']} (env: {r['env']})")
         if "producer_us_per_job" in r:

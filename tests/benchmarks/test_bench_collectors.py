@@ -71,6 +71,11 @@ def test_bench_collectors_counts_a_real_arq_workers_instructions_under_valgrind(
     assert counted["ir_loss_pct"] == pytest.approx((with_ - without) / with_ * 100, abs=0.01)
     assert 0 < counted["cycles_loss_pct"] and counted["jobs"] == 300
     assert counted["ir_per_job_runs"] == {"without": [without], "with": [with_]}
+    # The job's own thread, in-process: the collector's hooks add to the library's own path.
+    assert "arq: job thread under valgrind, with collector, 300 jobs in-process" in proc.stderr
+    thread = json.loads(proc.stdout)["libs"]["arq"]["valgrind_job_thread"]
+    assert 20_000 < thread["ir_per_job_without"] < thread["ir_per_job_with"] < without
+    assert thread["ir_added_per_job"] == thread["ir_per_job_with"] - thread["ir_per_job_without"] > 3_000
 
 
 @pytest.mark.timeout(900)

@@ -41,6 +41,9 @@ def with_collector() -> bool:
 #: How many times slower than native this worker runs (under valgrind, ~100): the collector's clocks
 #: are stretched as much.
 ENV_DILATE = "FB_BENCH_DILATE"
+#: In-process, under callgrind: the one mode (``without`` or ``with``) whose job thread is counted
+#: (see :func:`interleaved`, ``collector_instructions.job_thread``).
+ENV_COUNT_MODE = "FB_BENCH_COUNT_MODE"
 
 
 def dilate_clocks() -> None:
@@ -147,7 +150,14 @@ def output(result: dict[str, Any]) -> None:
 
 
 def interleaved(runs: dict[str, Callable[[int], tuple[float, float]]], jobs: int, repeat: int) -> dict[str, Any]:
-    """Time each mode ``repeat`` times, alternating modes; best-of wall and job-thread CPU seconds."""
+    """Time each mode ``repeat`` times, alternating modes; best-of wall and job-thread CPU seconds.
+
+    With ``FB_BENCH_COUNT_MODE`` set (under callgrind), run that one mode between two sentinels
+    instead, and end the process.
+    """
+    count_mode = os.environ.get(ENV_COUNT_MODE)
+    if count_mode:
+        _counted_run(runs[count_mode], jobs)
     for fn in runs.values():  # warm-up: imports, caches, the emitter's thread and connection
         fn(max(50, jobs // 10))
     wall: dict[str, list[float]] = {k: [] for k in runs}
@@ -182,10 +192,35 @@ def interleaved(runs: dict[str, Callable[[int], tuple[float, float]]], jobs: int
 
 
 def clocked(body: Callable[[], None]) -> tuple[float, float]:
-    """Wall and this thread's CPU seconds of ``body()``."""
+    """Wall and this thread's CPU seconds of ``body()``; between two sentinels in a counted run."""
+    counting = _counting
+    if counting:
+        os.getresgid()
     w0, c0 = time.perf_counter(), time.thread_time()
     body()
-    return time.perf_counter() - w0, time.thread_time() - c0
+    w1, c1 = time.perf_counter(), time.thread_time()
+    if counting:
+        os.getresgid()
+    return w1 - w0, c1 - c0
+
+
+_counting = False
+
+
+def _counted_run(run: Callable[[int], tuple[float, float]], jobs: int) -> None:
+    """Warm up, run ``jobs`` jobs of one mode with sentinels around the jobs alone (``clocked``), and
+    exit: callgrind cuts its count at each ``os.getresgid()``, so its part 2 of the job's thread
+    holds only those jobs (not the messages built for them beforehand)."""
+    global _counting
+    run(max(50, jobs // 10))  # imports, caches, the emitter's thread and connection
+    run(jobs)
+    drain_emitters()
+    _counting = True
+    run(jobs)
+    _counting = False
+    drain_emitters()
+    output({"counted": jobs})
+    os._exit(0)  # the probe's own teardown is not counted, and not needed
 
 
 def emitter_thread_ns() -> int:
@@ -523,6 +558,8 @@ def probe_main(
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--profile", action="store_true")
     args = p.parse_args(argv)
+    if os.environ.get(ENV_COUNT_MODE):
+        dilate_clocks()  # before the probe makes its collectors
     pin_in_process()
     log(f"{lib}: {args.jobs} jobs in-process × {args.repeat}")
     inproc(args.jobs, args.repeat, args.profile)
