@@ -55,23 +55,23 @@ def main() -> None:
 
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=50)
     worker.start()
+
+    def run(actor: Any, *ns: int) -> list[str]:
+        """Send one message per ``n`` and wait until the worker has settled them all."""
+        ids = [actor.send(n).message_id for n in ns]
+        broker.join(actor.queue_name)
+        worker.join()
+        return ids
+
     seen: dict[str, Any] = {}
     try:
-        seen["fine"] = [fine.send(i).message_id for i in range(3)]
-        broker.join(fine.queue_name)
-        worker.join()
+        seen["fine"] = run(fine, 0, 1, 2)
         seen["fast_after_successes"] = fast_path()
-        seen["broken"] = broken.send(7).message_id
-        broker.join(broken.queue_name)
-        worker.join()
+        [seen["broken"]] = run(broken, 7)
         seen["fast_after_a_failure"] = fast_path()
-        seen["vetoed"] = vetoed.send(8).message_id
-        broker.join(vetoed.queue_name)
-        worker.join()
+        [seen["vetoed"]] = run(vetoed, 8)
         seen["fast_after_a_veto"] = fast_path()
-        seen["after"] = fine.send(9).message_id
-        broker.join(fine.queue_name)
-        worker.join()
+        [seen["after"]] = run(fine, 9)
         seen["dead"] = sorted(m.message_id for m in broker.dead_letters)
     finally:
         worker.stop()
