@@ -366,8 +366,9 @@ class Collector(Middleware):
     def before_process_message(self, broker: Any, message: Any) -> None:
         """An attempt begins on this worker thread: snapshot, and leave the event to the emitter.
 
-        This, after_process_message and after_ack run for every message, in a worker whose no-op job
-        is ~900,000 machine instructions: each Python call saved here is ~0.05 % of it.
+        This and after_process_message run for every message (after_ack only while an attempt waits
+        for its ack), in a worker whose no-op job is ~1,000,000 machine instructions: each Python call
+        saved here is ~0.05 % of it.
         """
         try:
             msg = getattr(message, "_message", message)  # the bare Message (see _bare)
