@@ -255,7 +255,7 @@ def _wrap(
             try:
                 t1 = _monotonic()
                 rec = state.recorder
-                rec.inflight = max(0, rec.inflight - 1)
+                rec.inflight = max(0, rec.inflight - 1)  # _count(True), inline: this runs for every job
                 rec.processed += 1
                 if state.enabled:  # its start folded in when that was never sent
                     state.rows.add(_succeeded_row(state, run, t1, result, state.held.pop(run, None) is not None))

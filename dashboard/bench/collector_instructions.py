@@ -34,7 +34,7 @@ import statistics
 import tempfile
 from typing import Any, Callable
 
-__all__ = ["available", "measure", "job_thread", "DILATE"]
+__all__ = ["available", "describe", "measure", "job_thread", "DILATE"]
 
 #: How much slower a worker runs under callgrind with its cache simulation (measured: 100-120).
 DILATE = 100
@@ -42,6 +42,11 @@ DILATE = 100
 JOBS = 1000
 #: The function whose every call cuts callgrind's count (``mark`` calls ``os.getresgid()``).
 CUT = "os_getresgid"
+
+
+def describe(mode: str) -> str:
+    """A run's mode as progress lines name it: "without collector", "with collector", "celery events"."""
+    return f"{mode} collector" if mode in ("without", "with") else mode.replace("_", " ")
 
 
 def available() -> bool:
@@ -103,8 +108,7 @@ def measure(probe: Callable[[list[str], dict[str, str]], dict[str, Any]],
     try:
         for i in range(repeat):
             for mode, name, extra_env in modes:
-                what = f"{name} collector" if name in ("without", "with") else name.replace("_", " ")
-                log(f"{lib}: under valgrind, {what}, {jobs} jobs (run {i + 1}/{repeat})")
+                log(f"{lib}: under valgrind, {describe(name)}, {jobs} jobs (run {i + 1}/{repeat})")
                 counts = _run(probe, out_dir, mode, i, jobs, extra_env, name)
                 runs[name].append({k: v / jobs for k, v in counts.items()})
     finally:

@@ -43,7 +43,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from .collector_instructions import describe
 
 __all__ = ["main", "GOAL_US_PER_JOB", "GOAL_LOSS_PCT"]
 
@@ -52,14 +54,22 @@ PROBES = Path(__file__).resolve().parent / "collector_probes"
 #: The goals of issue 3: per job on the job's own thread, and throughput lost to the collector.
 GOAL_US_PER_JOB = 5.0
 GOAL_LOSS_PCT = 2.0
-#: Per library, a worker measured beside the two: what a team pays today for a view of its jobs.
-#: Celery's own task events (``worker -E``) are what Flower reads; Dramatiq ships a Prometheus
-#: middleware. (name, what, probe env)
-REFERENCES: dict[str, tuple[str, str, dict[str, str]]] = {
-    "celery": ("celery_events", "Celery's own task events (worker --task-events, which Flower needs), no collector",
-               {"FB_BENCH_CELERY_EVENTS": "1"}),
-    "dramatiq": ("dramatiq_prometheus", "Dramatiq's own Prometheus middleware (dramatiq.middleware.prometheus), "
-                 "no collector", {"FB_BENCH_DRAMATIQ_PROMETHEUS": "1"}),
+
+
+class Reference(NamedTuple):
+    """A worker measured beside the two: what a team pays today for a view of its jobs."""
+
+    name: str  # its runs' key in the report
+    what: str
+    env: dict[str, str]  # what the probe's worker is run with (no collector)
+
+
+#: Celery's own task events (``worker -E``) are what Flower reads; Dramatiq ships a Prometheus middleware.
+REFERENCES: dict[str, Reference] = {
+    "celery": Reference("celery_events", "Celery's own task events (worker --task-events, which Flower needs), "
+                        "no collector", {"FB_BENCH_CELERY_EVENTS": "1"}),
+    "dramatiq": Reference("dramatiq_prometheus", "Dramatiq's own Prometheus middleware "
+                          "(dramatiq.middleware.prometheus), no collector", {"FB_BENCH_DRAMATIQ_PROMETHEUS": "1"}),
 }
 
 
@@ -136,6 +146,7 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
     """Both measurements for one library."""
     python, source = env_python(lib)
     out: dict[str, Any] = {"lib": lib, "env": source, "python": str(python)}
+    reference = REFERENCES.get(lib)
     stream = _inproc_stream(lib)
     load0 = _load()
     _log(f"{lib}: in-process, {args.jobs * 2} jobs × {args.inproc_repeat} per mode (load {load0:.2f})")
@@ -164,20 +175,18 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
         events: list[int] = []
         entries: list[int] = []
         modes: list[tuple[str, str, dict[str, str]]] = [("without", "0", {}), ("with", "1", {})]
-        reference = REFERENCES.get(lib)
         if reference is not None:
-            modes.append((reference[0], "0", reference[2]))
-            runs[reference[0]] = []
+            modes.append((reference.name, "0", reference.env))
+            runs[reference.name] = []
         for i in range(args.repeat):
             for mode, flag, extra_env in modes:
-                what = f"{mode} collector" if mode in ("without", "with") else mode.replace("_", " ")
-                _log(f"{lib}: throughput {what}, run {i + 1}/{args.repeat}, {args.jobs} jobs (load {_load():.2f})")
+                _log(f"{lib}: throughput {describe(mode)}, run {i + 1}/{args.repeat}, {args.jobs} jobs "
+                     f"(load {_load():.2f})")
                 r = _probe(python, lib, ["throughput", "--jobs", str(args.jobs), "--collector", flag],
                            args.redis_url, timeout=900, extra_env=extra_env)
-                if mode not in ("without", "with"):
-                    runs[mode].append(r["jobs_per_s"])
-                    continue
                 runs[mode].append(r["jobs_per_s"])
+                if reference is not None and mode == reference.name:  # its throughput alone
+                    continue
                 if "cpu_us_per_job" in r:
                     cpu[mode].append(r["cpu_us_per_job"])
                 if "redis_cpu_us_per_job" in r:
@@ -205,9 +214,9 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
         out["loss_pct_pairs"] = [round(x, 2) for x in pairs]
         out["loss_pct_median"] = round(statistics.median(pairs), 2)
         if reference is not None:  # the same alternations' loss to the reference setting
-            ref_pairs = [(w - c) / w * 100.0 for w, c in zip(runs["without"], runs[reference[0]])]
-            out["reference"] = {"name": reference[0], "what": reference[1],
-                                "jobs_per_s": round(max(runs[reference[0]]), 1),
+            ref_pairs = [(w - c) / w * 100.0 for w, c in zip(runs["without"], runs[reference.name])]
+            out["reference"] = {"name": reference.name, "what": reference.what,
+                                "jobs_per_s": round(max(runs[reference.name]), 1),
                                 "loss_pct_median": round(statistics.median(ref_pairs), 2)}
         if cpu["without"] and cpu["with"]:
             # CPU per job of the worker's whole process tree, best-of: what the collector adds in total
@@ -243,10 +252,9 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
                 _delete(args.redis_url, stream)
 
         out["valgrind_job_thread"] = collector_instructions.job_thread(inproc_probe, _log, lib, jobs=args.valgrind_jobs)
-        reference = REFERENCES.get(lib)
         out["valgrind"] = collector_instructions.measure(
             probe, _log, lib, repeat=args.valgrind_repeat, jobs=args.valgrind_jobs,
-            reference=None if reference is None else (reference[0], reference[2]))
+            reference=None if reference is None else (reference.name, reference.env))
     out["load_avg"] = [round(load0, 2), round(_load(), 2)]
     return out
 
@@ -321,7 +329,7 @@ def _table(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
                          f"{v['ir_added_per_job']:>8,} {v['ir_loss_pct']:>7.2f} {v['cycles_loss_pct']:>19.2f}")
             ref = v.get("reference")
             if ref is not None:
-                lines.append(f"  {r['lib']}, for comparison, {REFERENCES[r['lib']][1]}: {ref['ir_per_job']:,} "
+                lines.append(f"  {r['lib']}, for comparison, {REFERENCES[r['lib']].what}: {ref['ir_per_job']:,} "
                              f"instructions a job, {ref['ir_added_per_job']:,} added, loss {ref['ir_loss_pct']:.2f} % "
                              f"(est. cycles {ref['cycles_loss_pct']:.2f} %)")
     threads = [r for r in results if "valgrind_job_thread" in r]

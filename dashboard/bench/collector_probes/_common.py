@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 REDIS_URL = os.environ.get("FLOWERBED_REDIS_URL", "redis://127.0.0.1:6379/0")
 #: Set to "1" in a worker's environment when its app must install the collector.
@@ -207,7 +207,7 @@ def clocked(body: Callable[[], None]) -> tuple[float, float]:
 _counting = False
 
 
-def _counted_run(run: Callable[[int], tuple[float, float]], jobs: int) -> None:
+def _counted_run(run: Callable[[int], tuple[float, float]], jobs: int) -> NoReturn:
     """Warm up, run ``jobs`` jobs of one mode with sentinels around the jobs alone (``clocked``), and
     exit: callgrind cuts its count at each ``os.getresgid()``, so its part 2 of the job's thread
     holds only those jobs (not the messages built for them beforehand)."""
