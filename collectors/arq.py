@@ -74,6 +74,7 @@ from .config import CollectorConfig
 from .constants import HEARTBEAT_INTERVAL_S
 from .emitter import row_builder
 from .events import (
+    ARGS_KWARGS,
     C_ARGS,
     C_ENQUEUED_AT,
     C_ETA,
@@ -347,8 +348,8 @@ def _succeeded_row(state: _WorkerState, run: _Run, t1: float, result: Any, alone
            None if trace is None else trace.get("span_id"), None, {"schedule": spec.name} if spec.cron else None]
     if alone:
         row[C_STARTED_AT] = run.ts
-        args, kwargs = run.args, run.kwargs  # args alone, as a list: one object kept until the send, not three
-        row[C_ARGS] = (args, kwargs) if kwargs else list(args)
+        args, kwargs = run.args, run.kwargs  # args alone, the job's own: the previews' fast path
+        row[C_ARGS] = (ARGS_KWARGS, args, kwargs) if kwargs else args
         row[C_ENQUEUED_AT] = run.enqueue_time
         row[C_ETA] = run.score
     if result is not None and state.setup.config.capture_args:

@@ -65,6 +65,7 @@ from .config import CollectorConfig
 from .constants import HEARTBEAT_INTERVAL_S
 from .emitter import map_distinct, row_builder
 from .events import (
+    ARGS_KWARGS,
     C_ARGS,
     C_ATTEMPT,
     C_CORRELATION,
@@ -139,6 +140,7 @@ class _Attempt:
     result: str | None = None
     retry_delay_ms: int | None = None
     trace: dict[str, str] | None = None  # trace ids at the start
+    key: Any = None  # the message as the hooks are given it, which its held start is kept under
 
     def __init__(self, message: Any, attempt: int, started: bool, t0: float, cpu0: float | None) -> None:
         self.message = message
@@ -150,8 +152,9 @@ class _Attempt:
     @classmethod
     def begun(cls, start: tuple[Any, ...]) -> _Attempt:
         """The attempt of a start that did not end in a success (see _start)."""
-        run = cls(start[S_MESSAGE], int(start[S_RETRIES] or 0) + 1, True, start[S_T0], start[S_CPU0])
+        run = cls(_bare(start[S_MESSAGE]), int(start[S_RETRIES] or 0) + 1, True, start[S_T0], start[S_CPU0])
         run.trace = start[S_TRACE]
+        run.key = start[S_MESSAGE]
         return run
 
     @property
@@ -189,7 +192,7 @@ class _Attempt:
 
 def _message_of(run: Any) -> Any:
     """The message of this thread's attempt (a start or an _Attempt)."""
-    return run[S_MESSAGE] if type(run) is tuple else run.message
+    return _bare(run[S_MESSAGE]) if type(run) is tuple else run.message
 
 
 def _attempt_number(run: Any) -> int:
@@ -199,7 +202,7 @@ def _attempt_number(run: Any) -> int:
 def _correlation(run: Any) -> str | None:
     """The correlation id of this thread's attempt (a start or an _Attempt)."""
     if type(run) is tuple:
-        message = run[S_MESSAGE]
+        message = _bare(run[S_MESSAGE])
         return message.options.get(OPTION_CORRELATION) or message.message_id  # type: ignore[no-any-return]
     return run.correlation  # type: ignore[no-any-return]
 
@@ -221,21 +224,21 @@ def _bare(message: Any) -> Any:
 
 #: A start's cells: the emitter calls S_BUILD(start) for the held start's row.
 S_BUILD, S_COLLECTOR, S_BROKER, S_MESSAGE, S_T0, S_CPU0, S_TRACE, S_RETRIES = range(8)
-#: A success record's cells: (start, monotonic and thread CPU clocks at the end, result preview,
-#: whether its start was still held, i.e. is reported in the success's row).
-R_START, R_T1, R_CPU1, R_RESULT, R_ALONE = range(5)
-RECORD_WIDTH = 5
+#: A success record's cells: its start's, then the monotonic and thread CPU clocks at the end, the
+#: result's preview, and whether its start was still held (so is reported in the success's row).
+R_T1, R_CPU1, R_RESULT, R_ALONE = range(8, 12)
+RECORD_WIDTH = 12
 
 
 def _start(collector: Collector, broker: Any, message: Any, cpu0: float | None) -> tuple[Any, ...]:
     """A start made off the hot path (before_process_message writes the same tuple inline)."""
     return (_started_row, collector, broker, message, _monotonic(), cpu0,
-            current_trace() if _OTEL in _modules else None, message.options.get("retries"))
+            current_trace() if _OTEL in _modules else None, _bare(message).options.get("retries"))
 
 
 def _started_row(start: tuple[Any, ...]) -> tuple[Any, list[Any]]:
     """A start sent on its own: its job was still running when the emitter sent (a row builder)."""
-    collector, broker, message = start[S_COLLECTOR], start[S_BROKER], start[S_MESSAGE]
+    collector, broker, message = start[S_COLLECTOR], start[S_BROKER], _bare(start[S_MESSAGE])
     rec = collector.recorder
     message_id = message.message_id
     row = job_row(EventType.JOB_STARTED, start[S_T0] + (_now() - _monotonic()), message_id, message.actor_name,
@@ -383,10 +386,10 @@ class Collector(Middleware):
             cpu0 = _thread_time() if self._slow(msg.actor_name, True) or not next(self._ticks) % self._cpu_every else None
             # _start(), written out: a call less on the worker thread.
             start = self._runs[_get_ident()] = (
-                _started_row, self, broker, msg, _monotonic(), cpu0,
+                _started_row, self, broker, message, _monotonic(), cpu0,
                 current_trace() if _OTEL in _modules else None, msg.options.get("retries"))
             if self._enabled:  # held: a job that ends before the next send costs one row
-                self._held[id(msg)] = start
+                self._held[id(message)] = start
         except Exception:
             hook_failed("dramatiq before_process_message")
 
@@ -405,12 +408,12 @@ class Collector(Middleware):
             t1 = _monotonic()
             ident = _get_ident()
             start = self._runs.pop(ident, None)
-            if (exception is None and type(start) is tuple and start[S_MESSAGE] is getattr(message, "_message", message)
-                    and not getattr(message, "failed", False)):
+            if exception is None and type(start) is tuple and start[S_MESSAGE] is message \
+                    and not getattr(message, "failed", False):
                 if self._enabled:  # a record; its start folded in when that was never sent
-                    self._rows.add((start, t1, None if start[S_CPU0] is None else _thread_time(),
-                                    None if result is None else self._result_preview(result),
-                                    self._held.pop(id(start[S_MESSAGE]), None) is not None))
+                    self._rows.add(start + (t1, None if start[S_CPU0] is None else _thread_time(),
+                                            None if result is None else self._result_preview(result),
+                                            self._held.pop(id(message), None) is not None))
                 return
             if start is not None:
                 self._runs[ident] = start
@@ -428,16 +431,16 @@ class Collector(Middleware):
             # A success whose start was made an _Attempt meanwhile (see after_enqueue), or that this
             # collector did not see begin (a middleware ahead of it raised).
             if isinstance(run, _Attempt) and run.message is msg and run.outcome is None:
-                start = (_started_row, self, broker, msg, run.t0, run.cpu0, run.trace, run.attempt - 1)
+                start = (_started_row, self, broker, message, run.t0, run.cpu0, run.trace, run.attempt - 1)
             else:
-                start = _start(self, broker, msg, None)
+                start = _start(self, broker, message, None)
             self._runs.pop(ident, None)
             if self._enabled:
-                self._rows.add((start, t1, None if start[S_CPU0] is None else _thread_time(),
-                                None if result is None else self._result_preview(result),
-                                self._held.pop(id(msg), None) is not None))
+                self._rows.add(start + (t1, None if start[S_CPU0] is None else _thread_time(),
+                                        None if result is None else self._result_preview(result),
+                                        self._held.pop(id(message), None) is not None))
             return
-        if type(run) is tuple and run[S_MESSAGE] is msg:
+        if type(run) is tuple and run[S_MESSAGE] is message:
             run = self._runs[ident] = _Attempt.begun(run)
         elif not isinstance(run, _Attempt) or run.message is not msg or run.outcome is not None:
             run = self._attempt_of(broker, message)
@@ -479,10 +482,11 @@ class Collector(Middleware):
         self._expanded += n
         if not n:
             return []
-        starts = cells[R_START::width]
-        t1s = cells[R_T1::width]
+        t0s, t1s = cells[S_T0::width], cells[R_T1::width]
+        cpu0s, traces, retries = cells[S_CPU0::width], cells[S_TRACE::width], cells[S_RETRIES::width]
         alone = cells[R_ALONE::width]
-        _, _, brokers, messages, t0s, cpu0s, traces, retries = zip(*starts)
+        brokers, given = cells[S_BROKER::width], cells[S_MESSAGE::width]
+        messages = list(map(getattr, given, itertools.repeat("_message", n), given))  # see _bare
         offset = _now() - _monotonic()
         ids = list(map(_message_id, messages))
         actors = list(map(_actor_name, messages))
@@ -495,21 +499,20 @@ class Collector(Middleware):
         rows[C_TASK::ROW_WIDTH] = actors
         rows[C_QUEUE::ROW_WIDTH] = map_distinct(q_name, list(map(_queue_name, messages)))  # not its .DQ's
         rows[C_ATTEMPT::ROW_WIDTH] = [1] * n if not any(retries) else [int(r or 0) + 1 for r in retries]
-        max_retries = map(_dict_get, options, itertools.repeat("max_retries", n), itertools.repeat(_MISSING, n))
-        rows[C_MAX_ATTEMPTS::ROW_WIDTH] = map_distinct(_max_attempts_of_key, list(zip(brokers, actors, max_retries)))
+        rows[C_MAX_ATTEMPTS::ROW_WIDTH] = _max_attempts_column(brokers, actors, options)
         # Milliseconds to the microsecond: round(x, 3) costs ~1,400 machine instructions, this ~200.
         rows[C_DURATION::ROW_WIDTH] = [int(d * 1e6 + 0.5) / 1e3 for d in durations]
         rows[C_CORRELATION::ROW_WIDTH] = list(map(_dict_get, options, itertools.repeat(OPTION_CORRELATION, n), ids))
         # The start's columns, where it was not sent on its own (most are: the columns are made whole,
-        # then emptied for the rest). Positional arguments alone go as a list (Dramatiq's are a tuple):
-        # the previews' fast path (see events.previews).
+        # then emptied for the rest). Positional arguments alone go as the message has them: the
+        # previews' fast path (see events.previews).
         rows[C_STARTED_AT::ROW_WIDTH] = list(map(operator.add, t0s, itertools.repeat(offset, n)))
         rows[C_ENQUEUED_AT::ROW_WIDTH] = list(map(operator.truediv, map(_timestamp, messages),
                                                   itertools.repeat(1000.0, n)))
         kwargs = list(map(_kwargs, messages))
-        args = map(_args, messages)
-        rows[C_ARGS::ROW_WIDTH] = (list(map(list, args)) if not any(kwargs)
-                                   else [(a, k) if k else list(a) for a, k in zip(args, kwargs)])
+        args = list(map(_args, messages))
+        rows[C_ARGS::ROW_WIDTH] = args if not any(kwargs) else [
+            (ARGS_KWARGS, a, k) if k else a for a, k in zip(args, kwargs)]
         if not all(alone):
             for i, a in enumerate(alone):
                 if not a:
@@ -671,7 +674,7 @@ class Collector(Middleware):
         skipped, or processed yet dead-lettered by a middleware."""
         rec = self.recorder
         self._count(failed=True)
-        rec.emitter.release(id(run.message))  # a failure is sent as two events, as it always was
+        rec.emitter.release(id(run.key))  # a failure is sent as two events, as it always was
         fields = run.fields(broker)
         if dead:
             fields["dead_letter_queue"] = xq_name(fields["queue"])
@@ -783,6 +786,16 @@ _MISSING: Any = object()
 def _max_attempts(broker: Any, message: Any) -> int | None:
     """Attempts the Retries middleware allows this message (1 without it, None under retry_when)."""
     return _max_attempts_for(broker, message.actor_name, message.options.get("max_retries", _MISSING))
+
+
+def _max_attempts_column(brokers: list[Any], actors: list[str], options: list[dict[str, Any]]) -> list[int | None]:
+    """max_attempts of each success row, worked out once per distinct (broker, actor, option)."""
+    n = len(actors)
+    max_retries = list(map(_dict_get, options, itertools.repeat("max_retries", n), itertools.repeat(_MISSING, n)))
+    broker = brokers[0]
+    if brokers.count(broker) == n and max_retries.count(_MISSING) == n:  # one broker, no message's own option
+        return map_distinct(lambda actor: _max_attempts_for(broker, actor, _MISSING), actors)
+    return map_distinct(_max_attempts_of_key, list(zip(brokers, actors, max_retries)))
 
 
 def _max_attempts_of_key(key: tuple[Any, str, Any]) -> int | None:

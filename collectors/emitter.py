@@ -107,8 +107,9 @@ class RowQueue:
 
     The first ``add`` in a process starts the emitter's thread (then ``add`` becomes the bare
     ``extend``; a forked child starts over). ``identity()`` names the sender when rows are sent (a
-    forked child's pid differs from its parent's). A row's ``args`` cell may hold ``(args, kwargs)``,
-    or ``args`` alone as a list, made into the redacted preview on the sending thread
+    forked child's pid differs from its parent's). A row's ``args`` cell may hold ``(ARGS_KWARGS,
+    args, kwargs)`` (``events.ARGS_KWARGS``), or ``args`` alone as a list or tuple (the job's own,
+    no copy), made into the redacted preview on the sending thread
     (:func:`previews`, a column at a time); ``finish(cells)``, if given, completes any other cell a
     collector left raw, there too, in place, a column at a time (``cells[C_…::ROW_WIDTH]``).
 

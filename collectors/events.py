@@ -368,16 +368,19 @@ def preview(args: Any, kwargs: Any, redactor: Redactor) -> str | None:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-_LIST_OR_NONE: Final = frozenset({list, type(None)})
+#: First item of an args cell that holds ``(ARGS_KWARGS, args, kwargs)`` (see RowQueue): any other
+#: list or tuple cell is positional arguments alone.
+ARGS_KWARGS: Final = object()
+_LIST_OR_NONE: Final = frozenset({list, tuple, type(None)})
 _PLAIN_OR_STR: Final = _PLAIN | {str}
 
 
 def previews(cells: list[Any], redactor: Redactor) -> list[str | None]:
     """The preview of each row's ``args`` cell, a whole column at once (the emitter's thread).
 
-    A cell holds a preview already (a string), nothing, ``args`` alone as a list, or ``(args,
-    kwargs)`` (see ``emitter.RowQueue``). When every cell is nothing or a list of at most 16 numbers
-    and short strings, as most jobs' are, :func:`preview`'s checks run in C over the whole column
+    A cell holds a preview already (a string), nothing, ``args`` alone as a list or tuple, or
+    ``(ARGS_KWARGS, args, kwargs)`` (see ``emitter.RowQueue``). When every cell is nothing or a list
+    or tuple of at most 16 numbers and short strings, as most jobs' are, :func:`preview`'s checks run in C over the whole column
     and, with the default limit, the column itself is returned: its lists go out as they are, for
     the reader to preview (see :func:`rows_entry`). Otherwise each cell is previewed here. The same
     previews come out in the end either way.
@@ -410,7 +413,9 @@ def _preview_cell(cell: Any, redactor: Redactor) -> str | None:
     if cell is None or type(cell) is str:
         return cell
     try:
-        return preview(cell, None, redactor) if type(cell) is list else preview(cell[0], cell[1], redactor)
+        if type(cell) is tuple and len(cell) == 3 and cell[0] is ARGS_KWARGS:
+            return preview(cell[1], cell[2], redactor)
+        return preview(cell, None, redactor)
     except Exception:
         return None
 

@@ -17,7 +17,7 @@ import redis
 
 from collectors.constants import MAX_EVENT_BYTES
 from collectors.emitter import Emitter, row_builder
-from collectors.events import ROW_COLS, build, entry_events
+from collectors.events import ARGS_KWARGS, ROW_COLS, build, entry_events
 from tests.conftest import REDIS_URL, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -405,7 +405,7 @@ def test_row_queue_rows_are_sent_with_their_arguments_previewed_and_the_oldest_d
 
     def add_many(first: int) -> None:
         for i in range(first, first + 100):
-            queue.add(_finished_row(f"t{i}", ([i], {"password": "hunter2"}) if i % 2 else [i]))
+            queue.add(_finished_row(f"t{i}", (ARGS_KWARGS, [i], {"password": "hunter2"}) if i % 2 else (i,)))
 
     threads = [threading.Thread(target=add_many, args=(n * 100,)) for n in range(3)]
     for thread in threads:

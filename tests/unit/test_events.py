@@ -213,8 +213,9 @@ def test_bad_rows_are_reported_alone_and_bad_entries_as_a_whole() -> None:
 
 
 def _one_by_one(cells: list, redactor: Redactor) -> list:
-    return [c if c is None or type(c) is str else events.preview(c, None, redactor) if type(c) is list
-            else events.preview(c[0], c[1], redactor) for c in cells]
+    return [c if c is None or type(c) is str
+            else events.preview(c[1], c[2], redactor) if type(c) is tuple and len(c) == 3 and c[0] is events.ARGS_KWARGS
+            else events.preview(c, None, redactor) for c in cells]
 
 
 @pytest.mark.parametrize("fast_json", [False, True])
@@ -224,18 +225,20 @@ def test_a_column_of_arguments_previews_as_each_cell_would_alone(fast_json: bool
         monkeypatch.setattr(events, "_dumps_bytes", events._dumps_bytes)
         events.use_fast_json()
     redactor = Redactor(args_limit=64)
-    plain = [[1, 2.5, None, True], None, [], ["ok", "é" * 30], [7] * 16, ["x" * 256]]
+    plain = [[1, 2.5, None, True], None, [], ["ok", "é" * 30], [7] * 16, ["x" * 256], (3, "t")]
     assert events._plain_lists(plain)
     got = events.previews(plain, redactor)
     assert got == _one_by_one(plain, redactor)
     assert got[0] == '{"args":[1,2.5,null,true]}' and got[1] is None and got[2] == "{}"
     assert got[5].endswith("…") and len(got[5]) == 65  # cut to the limit
-    mixed = plain + [["y" * 257], [{"password": "s"}], ([1], {"token": "t", "n": 2}), [1] * 17, '{"args":[9]}']
+    mixed = plain + [["y" * 257], [{"password": "s"}], (events.ARGS_KWARGS, [1], {"token": "t", "n": 2}), [1] * 17,
+                     '{"args":[9]}', ({"password": "s"}, 2)]
     assert not events._plain_lists(mixed)
     got = events.previews(mixed, redactor)
     assert got == _one_by_one(mixed, redactor)
-    assert json.loads(got[7])["args"][0]["password"] == REDACTED and json.loads(got[8])["kwargs"]["token"] == REDACTED
-    assert got[-1] == '{"args":[9]}'
+    assert json.loads(got[8])["args"][0]["password"] == REDACTED and json.loads(got[9])["kwargs"]["token"] == REDACTED
+    assert got[-2] == '{"args":[9]}' and got[6] == '{"args":[3,"t"]}'
+    assert json.loads(got[-1])["args"] == [{"password": REDACTED}, 2]  # a tuple is positional arguments alone
     assert events.previews(plain, Redactor(capture_args=False)) == [None] * len(plain)
 
 
