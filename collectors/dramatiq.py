@@ -140,7 +140,7 @@ class _Attempt:
     result: str | None = None
     retry_delay_ms: int | None = None
     trace: dict[str, str] | None = None  # trace ids at the start
-    key: Any = None  # the message as the hooks are given it, which its held start is kept under
+    start: tuple[Any, ...] | None = None  # its start, when this collector saw it begin
 
     def __init__(self, message: Any, attempt: int, started: bool, t0: float, cpu0: float | None) -> None:
         self.message = message
@@ -154,7 +154,7 @@ class _Attempt:
         """The attempt of a start that did not end in a success (see _start)."""
         run = cls(_bare(start[S_MESSAGE]), int(start[S_RETRIES] or 0) + 1, True, start[S_T0], start[S_CPU0])
         run.trace = start[S_TRACE]
-        run.key = start[S_MESSAGE]
+        run.start = start
         return run
 
     @property
@@ -217,17 +217,17 @@ def _bare(message: Any) -> Any:
 
 # --- a started attempt, and its success, as the job's thread leaves them -----------------------------
 #
-# before_process_message keeps a *start*: one tuple, made in C, also held by the emitter (a start
-# still running when it next sends goes out on its own, built by _started_row). A success adds one
-# *record* (_Collector._expand builds its row, on the emitter's thread, a column at a time). Only an
-# attempt that does not succeed becomes an _Attempt.
+# before_process_message keeps a *start*: one tuple, made in C, by worker thread (the emitter's thread
+# sends a start still running at a send on its own, built by _started_row: Collector._inflight). A
+# success adds one *record*, the start's cells and the end's (Collector._expand builds its row, on the
+# emitter's thread, a column at a time). Only an attempt that does not succeed becomes an _Attempt.
 
-#: A start's cells: the emitter calls S_BUILD(start) for the held start's row.
+#: A start's cells: the emitter calls S_BUILD(start) for the row of a start it sends on its own.
 S_BUILD, S_COLLECTOR, S_BROKER, S_MESSAGE, S_T0, S_CPU0, S_TRACE, S_RETRIES = range(8)
-#: A success record's cells: its start's, then the monotonic and thread CPU clocks at the end, the
-#: result's preview, and whether its start was still held (so is reported in the success's row).
-R_T1, R_CPU1, R_RESULT, R_ALONE = range(8, 12)
-RECORD_WIDTH = 12
+#: A success record's cells: its start's, then the monotonic and thread CPU clocks at the end and the
+#: result's preview.
+R_T1, R_CPU1, R_RESULT = range(8, 11)
+RECORD_WIDTH = 11
 
 
 def _start(collector: Collector, broker: Any, message: Any, cpu0: float | None) -> tuple[Any, ...]:
@@ -281,8 +281,7 @@ class Collector(Middleware):
         self.config = CollectorConfig.resolve(app, redis_url, stream, capture_args, redact)
         self.recorder = Recorder(LIB, self.config)
         self._rows = self.recorder.emitter.row_queue(lambda: self.recorder.identity, expand=self._expand,
-                                                     width=RECORD_WIDTH)
-        self._held = self.recorder.emitter.held  # the emitter's held starts (see Emitter.begin), read directly
+                                                     width=RECORD_WIDTH, inflight=self._inflight)
         self._enabled = self.config.enabled
         self.heartbeat_interval = heartbeat_interval
         self._scheduler = scheduler
@@ -307,8 +306,10 @@ class Collector(Middleware):
         self._registered: set[str] = set()
         self._scheduler_beat: Heartbeat | None = None
         self._cpu = CpuSampler()
-        self._slow, self._cpu_every = self._cpu.is_slow, self._cpu.every
-        self._ticks = itertools.count(1)
+        #: Whether attempts read the thread CPU clock now (the emitter's thread decides, per batch).
+        self._sample = True
+        #: Starts the emitter's thread sent on its own, by id() of their message (see _inflight).
+        self._announced: dict[int, Any] = {}
 
     # --- enqueues ------------------------------------------------------------------------------
 
@@ -381,15 +382,14 @@ class Collector(Middleware):
         saved here is ~0.05 % of it.
         """
         try:
-            msg = getattr(message, "_message", message)  # the bare Message (see _bare)
-            # A thread CPU clock is a system call: sampled (CpuSampler; a count shared by the threads).
-            cpu0 = _thread_time() if self._slow(msg.actor_name, True) or not next(self._ticks) % self._cpu_every else None
-            # _start(), written out: a call less on the worker thread.
-            start = self._runs[_get_ident()] = (
-                _started_row, self, broker, message, _monotonic(), cpu0,
-                current_trace() if _OTEL in _modules else None, msg.options.get("retries"))
-            if self._enabled:  # held: a job that ends before the next send costs one row
-                self._held[id(message)] = start
+            # _start(), written out: a call less on the worker thread. The emitter's thread sends the
+            # start on its own if it still runs at the next send (see _inflight); most end before, and
+            # their success's row carries it. A thread CPU clock is a system call: read only while
+            # the emitter's thread has turned sampling on (see CpuSampler.after_batch).
+            self._runs[_get_ident()] = (
+                _started_row, self, broker, message, _monotonic(), _thread_time() if self._sample else None,
+                current_trace() if _OTEL in _modules else None,
+                getattr(message, "_message", message).options.get("retries"))
         except Exception:
             hook_failed("dramatiq before_process_message")
 
@@ -410,10 +410,9 @@ class Collector(Middleware):
             start = self._runs.pop(ident, None)
             if exception is None and type(start) is tuple and start[S_MESSAGE] is message \
                     and not getattr(message, "failed", False):
-                if self._enabled:  # a record; its start folded in when that was never sent
+                if self._enabled:  # a record: the start's cells and the end's
                     self._rows.add(start + (t1, None if start[S_CPU0] is None else _thread_time(),
-                                            None if result is None else self._result_preview(result),
-                                            self._held.pop(id(message), None) is not None))
+                                            None if result is None else self._result_preview(result)))
                 return
             if start is not None:
                 self._runs[ident] = start
@@ -437,8 +436,7 @@ class Collector(Middleware):
             self._runs.pop(ident, None)
             if self._enabled:
                 self._rows.add(start + (t1, None if start[S_CPU0] is None else _thread_time(),
-                                        None if result is None else self._result_preview(result),
-                                        self._held.pop(id(message), None) is not None))
+                                        None if result is None else self._result_preview(result)))
             return
         if type(run) is tuple and run[S_MESSAGE] is message:
             run = self._runs[ident] = _Attempt.begun(run)
@@ -462,6 +460,30 @@ class Collector(Middleware):
             run.exc_message = f"actor exceeded its time limit of {limit:g} ms (TimeLimit)"
         self._await_settle(ident)
 
+    def _inflight(self) -> list[tuple[Any, ...]]:
+        """The starts of attempts still running that the emitter's thread has not sent yet: it sends
+        them on its own, at every send (RowQueue's ``inflight``). Every other start rides in its
+        attempt's success row, or goes with its failure (_release_start)."""
+        if not self._enabled:
+            return []
+        fresh = []
+        with self._lock:
+            runs, announced = self._runs, self._announced
+            for ident, start in list(runs.items()):
+                if type(start) is tuple and runs.get(ident) is start and id(start[S_MESSAGE]) not in announced:
+                    announced[id(start[S_MESSAGE])] = start[S_MESSAGE]
+                    fresh.append(start)
+        return fresh
+
+    def _release_start(self, run: _Attempt) -> None:
+        """Send the start of an attempt that did not succeed, unless the emitter's thread has."""
+        start = run.start
+        if start is None or not self._enabled:
+            return
+        with self._lock:
+            if self._announced.pop(id(start[S_MESSAGE]), None) is None:
+                self.recorder.emitter.emit(start)
+
     def _result_preview(self, result: Any) -> str | None:
         """The actor's result as text, cut (taken on the job's thread: the object may change later)."""
         if not self.config.capture_args:
@@ -484,14 +506,20 @@ class Collector(Middleware):
             return []
         t0s, t1s = cells[S_T0::width], cells[R_T1::width]
         cpu0s, traces, retries = cells[S_CPU0::width], cells[S_TRACE::width], cells[S_RETRIES::width]
-        alone = cells[R_ALONE::width]
         brokers, given = cells[S_BROKER::width], cells[S_MESSAGE::width]
+        # A start the emitter sent on its own (see _inflight) is not folded into its success's row.
+        announced = self._announced
+        alone = [True] * n
+        if announced:
+            with self._lock:
+                alone = [announced.pop(id(m), None) is None for m in given]
         messages = list(map(getattr, given, itertools.repeat("_message", n), given))  # see _bare
         offset = _now() - _monotonic()
         ids = list(map(_message_id, messages))
         actors = list(map(_actor_name, messages))
         options = list(map(_options, messages))
         durations = [t1 - t0 for t0, t1 in zip(t0s, t1s)]
+        self._sample = self._cpu.after_batch(max(durations))
         rows: list[Any] = [None] * (n * ROW_WIDTH)
         rows[C_TYPE::ROW_WIDTH] = [_SUCCEEDED] * n
         rows[C_TS::ROW_WIDTH] = list(map(operator.add, t1s, itertools.repeat(offset, n)))
@@ -521,8 +549,7 @@ class Collector(Middleware):
         if any(cpu0s):
             cpu1s = cells[R_CPU1::width]
             for i, cpu0 in enumerate(cpu0s):
-                if cpu0 is not None:  # a sampled run: it decides the actor's next ones
-                    self._cpu.learn(actors[i], durations[i])
+                if cpu0 is not None:
                     if cpu1s[i] is not None:
                         rows[i * ROW_WIDTH + C_CPU] = round((cpu1s[i] - cpu0) * 1000.0, 3)
         if any(traces):
@@ -674,7 +701,7 @@ class Collector(Middleware):
         skipped, or processed yet dead-lettered by a middleware."""
         rec = self.recorder
         self._count(failed=True)
-        rec.emitter.release(id(run.key))  # a failure is sent as two events, as it always was
+        self._release_start(run)  # a failure is sent as two events, as it always was
         fields = run.fields(broker)
         if dead:
             fields["dead_letter_queue"] = xq_name(fields["queue"])

@@ -117,17 +117,21 @@ class RowQueue:
     cells (the job's own objects and clocks, as its hook found them), and ``expand(cells)`` turns the
     taken records into rows on the sending thread, a column at a time: the job's thread then builds
     nothing at all (collectors.dramatiq, whose worker runs a no-op job in ~1,000,000 instructions).
+    Such a collector keeps its running jobs' starts itself, not in :meth:`Emitter.begin`'s held
+    starts: ``inflight()``, called at every send, gives the deferred start events to send on their own.
     """
 
-    __slots__ = ("cells", "add", "identity", "finish", "expand", "width", "_emitter", "_limit")
+    __slots__ = ("cells", "add", "identity", "finish", "expand", "width", "inflight", "_emitter", "_limit")
 
     def __init__(self, emitter: Emitter, identity: Callable[[], Any],
                  finish: Callable[[list[Any]], None] | None = None,
-                 expand: Callable[[list[Any]], list[Any]] | None = None, width: int = ROW_WIDTH) -> None:
+                 expand: Callable[[list[Any]], list[Any]] | None = None, width: int = ROW_WIDTH,
+                 inflight: Callable[[], list[Any]] | None = None) -> None:
         self.cells: list[Any] = []
         self.identity = identity
         self.finish = finish
         self.expand = expand
+        self.inflight = inflight
         self.width = width if expand is not None else ROW_WIDTH
         self._emitter = emitter
         self._limit = emitter.capacity * self.width
@@ -301,9 +305,10 @@ class Emitter:
 
     def row_queue(self, identity: Callable[[], Any],
                   finish: Callable[[list[Any]], None] | None = None,
-                  expand: Callable[[list[Any]], list[Any]] | None = None, width: int = ROW_WIDTH) -> RowQueue:
+                  expand: Callable[[list[Any]], list[Any]] | None = None, width: int = ROW_WIDTH,
+                  inflight: Callable[[], list[Any]] | None = None) -> RowQueue:
         """A new :class:`RowQueue` whose rows (or records, with ``expand``) this emitter sends."""
-        queue = RowQueue(self, identity, finish, expand, width)
+        queue = RowQueue(self, identity, finish, expand, width, inflight)
         self._row_queues.append(queue)
         return queue
 
@@ -421,6 +426,9 @@ class Emitter:
         """
         if self.held:
             self._release_starts()
+        for queue in self._row_queues:
+            if queue.inflight is not None:
+                self._queue_starts(queue.inflight())
         minimum = 1 if everything else self._wake_at
         first = True
         while (self._pending is not None or (first and (self._buffer or self._rows_waiting()))
@@ -444,14 +452,17 @@ class Emitter:
 
     def _release_starts(self) -> None:
         """Queue every held start: its job is still running (or its end never came)."""
-        starts, buf = self.held, self._buffer
-        for key in list(starts):  # a copy made in C: the job's thread may settle meanwhile
-            item = starts.pop(key, None)
-            if item is not None:
-                if len(buf) >= self.capacity:
-                    self.dropped += 1  # deque(maxlen) discards the oldest on append
-                buf.append(item)
-                self.emitted += 1
+        starts = self.held
+        # A copy made in C: the job's thread may settle meanwhile.
+        self._queue_starts([item for item in (starts.pop(key, None) for key in list(starts)) if item is not None])
+
+    def _queue_starts(self, items: list[Any]) -> None:
+        buf = self._buffer
+        for item in items:
+            if len(buf) >= self.capacity:
+                self.dropped += 1  # deque(maxlen) discards the oldest on append
+            buf.append(item)
+            self.emitted += 1
 
     def _encode_batch(self) -> _Batch:
         """Take up to ``batch_size`` events off the buffer and encode them as one run of XADD commands.

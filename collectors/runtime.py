@@ -254,6 +254,13 @@ class CpuSampler:
         self._n = n = self._n + 1
         return self._slow.get(task, True) or n % self.every == 0
 
+    def after_batch(self, longest_s: float) -> bool:
+        """For a collector that decides per batch of attempts, not per attempt (collectors.dramatiq,
+        on its sending thread): whether the attempts that start until the next batch read the clock.
+        Yes after a batch with a slow attempt, and for one batch in ``every`` of the others."""
+        self._n = n = self._n + 1
+        return longest_s >= self.slow_s or n % self.every == 0
+
     def learn(self, task: Any, duration_s: float) -> None:
         """Note how long a run of ``task`` took (it decides the task's next attempts)."""
         slow = self._slow
