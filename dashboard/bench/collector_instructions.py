@@ -140,19 +140,22 @@ def measure(probe: Callable[[list[str], dict[str, str]], dict[str, Any]],
 
 
 def job_thread(probe: Callable[[list[str], dict[str, str], list[str]], dict[str, Any]],
-               log: Callable[[str], None], lib: str, jobs: int = JOBS) -> dict[str, Any]:
+               log: Callable[[str], None], lib: str, jobs: int = JOBS, floor: bool = False) -> dict[str, Any]:
     """Instructions per job on the job's own thread, in-process, without and with the collector.
 
     The in-process probe (``probe(args, env, wrap)``) runs under callgrind with threads counted
     apart; sentinels around the jobs alone (``_common.clocked`` in a counted run) cut the job
     thread's count. What the µs of the in-process timing count, in a unit no machine changes: the
-    same code took 2-3 times longer on one session's machine than on the next one's.
+    same code took 2-3 times longer on one session's machine than on the next one's. With ``floor``
+    (a probe with a "floor" run: hooks that do nothing), that run is counted too: what the library's
+    own dispatch to any such hook costs, within the collector's count.
     """
     out_dir = tempfile.mkdtemp(prefix=f"flowerbed-cg-{lib}-inproc-")
     per_job: dict[str, int] = {}
     try:
-        for mode in ("without", "with"):
-            log(f"{lib}: job thread under valgrind, {mode} collector, {jobs} jobs in-process")
+        for mode in ("without", "floor", "with") if floor else ("without", "with"):
+            log(f"{lib}: job thread under valgrind, {mode if mode == 'floor' else mode + ' collector'}, "
+                f"{jobs} jobs in-process")
             wrap = ["valgrind", "--tool=callgrind", "--separate-threads=yes", "-q", f"--dump-before={CUT}",
                     f"--callgrind-out-file={out_dir}/{mode}.%p"]
             probe(["inproc", "--jobs", str(jobs), "--repeat", "1"],
@@ -163,5 +166,9 @@ def job_thread(probe: Callable[[list[str], dict[str, str], list[str]], dict[str,
             per_job[mode] = round(counts[0]["Ir"] / jobs)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-    return {"ir_per_job_without": per_job["without"], "ir_per_job_with": per_job["with"],
-            "ir_added_per_job": per_job["with"] - per_job["without"], "jobs": jobs}
+    result = {"ir_per_job_without": per_job["without"], "ir_per_job_with": per_job["with"],
+              "ir_added_per_job": per_job["with"] - per_job["without"], "jobs": jobs}
+    if floor:
+        result["ir_per_job_floor"] = per_job["floor"]
+        result["ir_floor_added_per_job"] = per_job["floor"] - per_job["without"]
+    return result

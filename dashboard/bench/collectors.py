@@ -251,7 +251,8 @@ def bench_lib(lib: str, args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 _delete(args.redis_url, stream)
 
-        out["valgrind_job_thread"] = collector_instructions.job_thread(inproc_probe, _log, lib, jobs=args.valgrind_jobs)
+        out["valgrind_job_thread"] = collector_instructions.job_thread(
+            inproc_probe, _log, lib, jobs=args.valgrind_jobs, floor="floor_us_per_job" in out)
         out["valgrind"] = collector_instructions.measure(
             probe, _log, lib, repeat=args.valgrind_repeat, jobs=args.valgrind_jobs,
             reference=None if reference is None else (reference.name, reference.env))
@@ -338,8 +339,10 @@ def _table(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
                      "changes; per job):")
         for r in threads:
             t = r["valgrind_job_thread"]
+            floor = (f", of which {t['ir_floor_added_per_job']:,} is {r['lib']}'s own dispatch to hooks that do nothing"
+                     if "ir_floor_added_per_job" in t else "")
             lines.append(f"  {r['lib']:<9} {t['ir_per_job_without']:>10,} → {t['ir_per_job_with']:>10,} instructions, "
-                         f"{t['ir_added_per_job']:,} added")
+                         f"{t['ir_added_per_job']:,} added{floor}")
     for r in results:
         lines.append(f"  {r['lib']}: {r['path']} (env: {r['env']})")
         if "producer_us_per_job" in r:
