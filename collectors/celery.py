@@ -208,7 +208,7 @@ def _succeeded_row(collector: CeleryCollector, state: _Running, t1: float, cpu1:
 
     It carries its start too (``started_at``, the arguments, the eta) when that was never sent.
     Plain reads and a list: the arguments' preview is made on the emitter's thread, from the
-    ``(args, kwargs)`` left in their cell.
+    arguments left in their cell (see RowQueue).
     """
     task, job_id, req, args, kwargs, t0, cpu0, started, trace = state
     duration = t1 - t0

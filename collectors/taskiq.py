@@ -37,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the user's environme
 from .config import CollectorConfig
 from .emitter import map_distinct, row_builder
 from .events import (
+    ARGS_KWARGS,
     C_ARGS,
     C_ATTEMPT,
     C_CPU,
@@ -280,7 +281,8 @@ def _instrument(formatter: Any, collector: Collector) -> Any:
                     None if retry_on_error is None and max_retries is None else (retry_on_error, max_retries),
                     _now(), _perf(), cpu,
                     labels.get(LABEL_ENQUEUED_AT), labels.get(LABEL_CORRELATION) or task_id,
-                    args if not kwargs and type(args) is list else (args, kwargs), None, None, None, None, None,
+                    args if not kwargs and type(args) is list else (ARGS_KWARGS, args, kwargs), None, None, None, None,
+                    None,
                 ]
                 _current_job.set(msg)  # each message runs in its own task: its context ends with it
                 if c._enabled:  # held: a job that ends before the next send costs one row

@@ -130,6 +130,7 @@ def test_worker_reports_every_outcome(lab: ArqLab) -> None:
     assert json.loads(enq["args"]) == {"args": [21], "kwargs": {"password": "[redacted]"}}
     [started] = of(events, "job-started", job_id=ok)
     assert started["attempt"] == 1 and started["max_attempts"] == 5 and started["enqueued_at"] <= started["ts"]
+    assert json.loads(started["args"]) == json.loads(enq["args"])  # given back from the row it rode on, or alone
     [succeeded] = of(events, "job-succeeded", job_id=ok)
     assert succeeded["result"] == "42" and succeeded["duration_ms"] >= 0
 

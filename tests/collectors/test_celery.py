@@ -81,6 +81,9 @@ def test_prefork_worker(lab: CeleryLab, flowerbed_server: Callable[..., Any]) ->
     server.wait_for(lambda: job("always_fails")["state"] == "failed" and job("sleepy")["state"] == "cancelled")
     assert job("ok")["state"] == "succeeded" and job("ok")["queue"] == lab.queue
     assert "hunter2" not in (job("ok")["args"] or "")
+    # The worker's own start (a row's cell, previewed on the sending thread): arguments and keywords.
+    assert [json.loads(e["args"]) for e in of(events, "job-started", job_id=ids["ok"])] == [
+        {"args": [21], "kwargs": {"password": "[redacted]"}}]
     assert json.loads(job("flaky")["args"]) == {"args": ["flaky"]}  # positional alone: sent as a list
     flaky = job("flaky")
     assert (flaky["state"], flaky["attempt"], flaky["max_attempts"]) == ("succeeded", 2, 4)

@@ -76,6 +76,9 @@ def test_worker_jobs_reach_the_dashboard(lab: TaskiqLab, flowerbed_server: Calla
     assert job("ok")["queue"] == f"{lab.prefix}:queue"
     assert job("ok")["duration_ms"] is not None
     assert "[redacted]" in job("ok_sync")["args"] and "hunter2" not in job("ok_sync")["args"]
+    # The worker's own start (a row's cell, previewed on the sending thread) reads as the producer's.
+    [started] = of(events, "job-started", job_id=ids["ok_sync"])
+    assert json.loads(started["args"]) == {"args": [21], "kwargs": {"password": "[redacted]"}}
 
     flaky = job("flaky")
     assert flaky["attempt"] == 2 and flaky["max_attempts"] == 3
