@@ -163,8 +163,7 @@ class _Attempt:
 
     @property
     def correlation(self) -> str | None:
-        message = self.message
-        return message.options.get(OPTION_CORRELATION) or message.message_id  # type: ignore[no-any-return]
+        return _correlation(self)
 
     def timing_fields(self) -> dict[str, float | None]:
         """duration_ms and cpu_ms of the actor's run (None when it never ran here)."""
@@ -201,10 +200,8 @@ def _attempt_number(run: Any) -> int:
 
 def _correlation(run: Any) -> str | None:
     """The correlation id of this thread's attempt (a start or an _Attempt)."""
-    if type(run) is tuple:
-        message = _bare(run[S_MESSAGE])
-        return message.options.get(OPTION_CORRELATION) or message.message_id  # type: ignore[no-any-return]
-    return run.correlation  # type: ignore[no-any-return]
+    message = _message_of(run)
+    return message.options.get(OPTION_CORRELATION) or message.message_id  # type: ignore[no-any-return]
 
 
 def _bare(message: Any) -> Any:
@@ -236,6 +233,7 @@ def _start(collector: Collector, broker: Any, message: Any, cpu0: float | None) 
             current_trace() if _OTEL in _modules else None, _bare(message).options.get("retries"))
 
 
+@row_builder
 def _started_row(start: tuple[Any, ...]) -> tuple[Any, list[Any]]:
     """A start sent on its own: its job was still running when the emitter sent (a row builder)."""
     collector, broker, message = start[S_COLLECTOR], start[S_BROKER], _bare(start[S_MESSAGE])
@@ -251,8 +249,6 @@ def _started_row(start: tuple[Any, ...]) -> tuple[Any, list[Any]]:
         row[C_X] = {"schedule": schedule, "slot": slot}
     return rec.identity, row
 
-
-row_builder(_started_row)
 
 _message_id = operator.attrgetter("message_id")
 _actor_name = operator.attrgetter("actor_name")
@@ -410,7 +406,7 @@ class Collector(Middleware):
             start = self._runs.pop(ident, None)
             if exception is None and type(start) is tuple and start[S_MESSAGE] is message \
                     and not getattr(message, "failed", False):
-                if self._enabled:  # a record: the start's cells and the end's
+                if self._enabled:  # _add_success, written out: a call less on the worker thread
                     self._rows.add(start + (t1, None if start[S_CPU0] is None else _thread_time(),
                                             None if result is None else self._result_preview(result)))
                 return
@@ -434,9 +430,7 @@ class Collector(Middleware):
             else:
                 start = _start(self, broker, message, None)
             self._runs.pop(ident, None)
-            if self._enabled:
-                self._rows.add(start + (t1, None if start[S_CPU0] is None else _thread_time(),
-                                        None if result is None else self._result_preview(result)))
+            self._add_success(start, t1, result)
             return
         if type(run) is tuple and run[S_MESSAGE] is message:
             run = self._runs[ident] = _Attempt.begun(run)
@@ -459,6 +453,12 @@ class Collector(Middleware):
             run.reason = "timeout"
             run.exc_message = f"actor exceeded its time limit of {limit:g} ms (TimeLimit)"
         self._await_settle(ident)
+
+    def _add_success(self, start: tuple[Any, ...], t1: float, result: Any) -> None:
+        """A success's record: its start's cells and the end's (see RECORD_WIDTH)."""
+        if self._enabled:
+            self._rows.add(start + (t1, None if start[S_CPU0] is None else _thread_time(),
+                                    None if result is None else self._result_preview(result)))
 
     def _inflight(self) -> list[tuple[Any, ...]]:
         """The starts of attempts still running that the emitter's thread has not sent yet: it sends
@@ -548,10 +548,9 @@ class Collector(Middleware):
                     rows[base + C_STARTED_AT] = rows[base + C_ENQUEUED_AT] = rows[base + C_ARGS] = None
         if any(cpu0s):
             cpu1s = cells[R_CPU1::width]
-            for i, cpu0 in enumerate(cpu0s):
-                if cpu0 is not None:
-                    if cpu1s[i] is not None:
-                        rows[i * ROW_WIDTH + C_CPU] = round((cpu1s[i] - cpu0) * 1000.0, 3)
+            for i, (cpu0, cpu1) in enumerate(zip(cpu0s, cpu1s)):
+                if cpu0 is not None and cpu1 is not None:
+                    rows[i * ROW_WIDTH + C_CPU] = round((cpu1 - cpu0) * 1000.0, 3)
         if any(traces):
             for i, trace in enumerate(traces):
                 if trace:

@@ -453,8 +453,8 @@ class Emitter:
     def _release_starts(self) -> None:
         """Queue every held start: its job is still running (or its end never came)."""
         starts = self.held
-        # A copy made in C: the job's thread may settle meanwhile.
-        self._queue_starts([item for item in (starts.pop(key, None) for key in list(starts)) if item is not None])
+        taken = [starts.pop(key, None) for key in list(starts)]  # keys copied in C: the job's thread may settle meanwhile
+        self._queue_starts([item for item in taken if item is not None])
 
     def _queue_starts(self, items: list[Any]) -> None:
         buf = self._buffer

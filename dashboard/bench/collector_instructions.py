@@ -154,8 +154,7 @@ def job_thread(probe: Callable[[list[str], dict[str, str], list[str]], dict[str,
     per_job: dict[str, int] = {}
     try:
         for mode in ("without", "floor", "with") if floor else ("without", "with"):
-            log(f"{lib}: job thread under valgrind, {mode if mode == 'floor' else mode + ' collector'}, "
-                f"{jobs} jobs in-process")
+            log(f"{lib}: job thread under valgrind, {describe(mode)}, {jobs} jobs in-process")
             wrap = ["valgrind", "--tool=callgrind", "--separate-threads=yes", "-q", f"--dump-before={CUT}",
                     f"--callgrind-out-file={out_dir}/{mode}.%p"]
             probe(["inproc", "--jobs", str(jobs), "--repeat", "1"],
