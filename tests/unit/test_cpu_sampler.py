@@ -23,3 +23,12 @@ def test_a_task_that_speeds_up_is_sampled_and_one_that_slows_down_measured_again
     assert sum(sampler.want("t") for _ in range(8)) == 2
     sampler.learn("t", 0.002)
     assert all(sampler.want("t") for _ in range(8))
+
+
+def test_per_batch_sampling_follows_the_slowest_run_of_the_last_batch() -> None:
+    """collectors.dramatiq decides on its sending thread, per batch: every run after a batch with a
+    slow one, and after one fast batch in ``every``."""
+    sampler = CpuSampler(every=4, slow_s=0.001)
+    assert [sampler.after_batch(0.0002) for _ in range(8)] == [False, False, False, True] * 2
+    assert all(sampler.after_batch(0.003) for _ in range(5))
+    assert sampler.after_batch(0.0009) is False
