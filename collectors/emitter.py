@@ -2,7 +2,10 @@
 
 The caller's whole cost is one ``deque.append``. A daemon thread wakes every ``flush_interval``,
 serialises what is buffered (redaction and truncation happen here, off the job's thread) and sends
-it as one pipelined batch of ``XADD … MAXLEN ~``.
+it as one pipelined batch of ``XADD … MAXLEN ~``. A small send waits: while fewer than ``wake_at``
+events wait, the thread sends only once ``max_interval`` has passed since its last send (a send's
+own cost is spread over the jobs it carries: a Dramatiq worker doing ~270 jobs/s spent 12.6 µs of
+the sending thread's CPU a job at a send every 0.1 s, 4-5 µs at one every 0.5 s).
 
 What may be queued: an event dict; a Recorder's ``(identity, type, fields)``; or a *deferred* event
 ``(expand, *state)``, where ``expand(item)`` runs on the background thread and returns
@@ -183,6 +186,7 @@ class Emitter:
         batch_size: int = 2_000,
         wake_at: int = 256,
         flush_interval: float = 0.1,
+        max_interval: float = 0.5,
         max_backoff: float = 5.0,
         shutdown_deadline: float = 2.0,
         connect_timeout: float = 1.0,
@@ -202,6 +206,9 @@ class Emitter:
         #: thread ~1 µs a job less than 64 (taskiq, Celery, in-process, pinned); 1,024 no less.
         self._wake_at = max(1, min(wake_at, batch_size, buffer_size // 2))
         self.flush_interval = flush_interval
+        #: The longest a send of fewer than ``wake_at`` events waits after the previous send: the
+        #: dashboard sees an event at most this much later (its pages update about once a second).
+        self.max_interval = max_interval
         self.max_backoff = max_backoff
         self.shutdown_deadline = shutdown_deadline
         self.connect_timeout = connect_timeout
@@ -397,13 +404,24 @@ class Emitter:
     def _run(self) -> None:
         _name_os_thread(b"flowerbed-emit")
         failures = 0
+        last_send = 0.0
+        wait = self.flush_interval
         while not self._stop.is_set():
-            self._wake.wait(self.flush_interval)
+            woken = self._wake.wait(wait)
             self._wake.clear()
+            wait = self.flush_interval
             for queue in self._row_queues:  # rows are added without a length test (see RowQueue)
                 self.dropped += queue.trim()
+            if not woken and len(self._buffer) + self._rows_waiting() < self._wake_at:
+                remaining = last_send + self.max_interval - time.monotonic()
+                if remaining > 0:  # a small send waits for more, to max_interval (see the module's doc)
+                    wait = min(wait, remaining)
+                    continue
+            sent = self.sent
             if self._drain_marked():
                 failures = 0
+                if self.sent != sent:
+                    last_send = time.monotonic()
                 continue
             failures += 1
             self._stop.wait(min(self.max_backoff, 0.05 * 2**failures) * (0.5 + random.random() / 2))

@@ -30,7 +30,8 @@ TASKS = tuple(f"tasks.{kind}_{i}" for kind in ("send", "sync", "resize", "charge
 WORKERS = tuple(f"worker-{i}" for i in range(8))
 HOST = "bench-host"
 #: An attempt that succeeds within this many ms has its start sent inside its success: the emitter
-#: sends every 100 ms (sooner when busy), and a job still running by then has its start sent alone.
+#: sends every 100 ms when busy (a quiet one waits up to 500 ms), and a job still running by then has
+#: its start sent alone.
 FOLD_MS = 100.0
 
 #: One planned event: type, fields, and whether it is half of a quick attempt (see :data:`FOLD_MS`).

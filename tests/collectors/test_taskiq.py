@@ -104,7 +104,7 @@ def test_worker_jobs_reach_the_dashboard(lab: TaskiqLab, flowerbed_server: Calla
     assert enq["payload_bytes"] > 100 and enq["enqueued_at"] <= enq["ts"]
     done = of(events, "job-succeeded", job_id=ids["ok"])[0]  # the label read back on the worker, as a number
     assert done["enqueued_at"] == enq["enqueued_at"] and done["max_attempts"] >= 1
-    # A job still running when the sender sends (it blocks the loop 0.6 s; sends are 0.1 s apart) has
+    # A job still running when the sender sends (it blocks the loop 0.6 s; a quiet sender sends at most 0.5 s apart) has
     # its start sent on its own, made from its row as the worker received it; its end does not repeat it.
     long_start = of(events, "job-started", job_id=ids["blocks_loop"])
     long_enq = of(events, "job-enqueued", job_id=ids["blocks_loop"])[0]

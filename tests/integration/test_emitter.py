@@ -427,3 +427,45 @@ def test_row_queue_rows_are_sent_with_their_arguments_previewed_and_the_oldest_d
     late = [e["job_id"] for e in stream_events(stream_name) if int(e["job_id"][1:]) >= 1000]
     assert emitter.dropped == 100 and late[0] == "t1100" and len(late) == 300
     emitter.close()
+
+
+def _send_times(stream: str) -> list[int]:
+    """The milliseconds of the sends that wrote ``stream``: a send's entries share their id's time, to a few ms."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        stamps = [int(entry_id.split(b"-")[0]) for entry_id, _ in client.xrange(stream)]
+    finally:
+        client.close()
+    sends: list[int] = []
+    for ms in stamps:
+        if not sends or ms - sends[-1] > 10:
+            sends.append(ms)
+    return sends
+
+
+def test_a_quiet_sender_sends_less_often_and_a_lone_or_busy_one_at_once(stream_name: str) -> None:
+    """Events trickling in (fewer than ``wake_at`` a tick) go out at most ``max_interval`` after the
+    last send, not every tick; the first event after a quiet spell, and a burst, go at the next tick."""
+    emitter = Emitter(REDIS_URL, stream_name, maxlen=0, flush_interval=0.02, max_interval=0.4, wake_at=64)
+    t0 = time.monotonic()
+    emitter.emit(job_event(0))  # the first after nothing: at the next tick
+    while not stream_events(stream_name) and time.monotonic() - t0 < 5:
+        time.sleep(0.005)
+    assert time.monotonic() - t0 < 0.3
+    for i in range(1, 121):  # 1.2 s at 100 events/s: 2 a tick, well under wake_at
+        emitter.emit(job_event(i))
+        time.sleep(0.01)
+    assert emitter.flush(10)
+    trickle = _send_times(stream_name)
+    assert len(stream_events(stream_name)) == 121
+    gaps = [b - a for a, b in zip(trickle, trickle[1:])]
+    assert 3 <= len(trickle) <= 6 and min(gaps[:-1]) >= 350, trickle  # the last one is flush()'s
+
+    time.sleep(0.5)
+    burst_at = time.monotonic()
+    for i in range(1000, 1300):  # past wake_at: sent at once, whatever the last send
+        emitter.emit(job_event(i))
+    while len(stream_events(stream_name)) < 421 and time.monotonic() - burst_at < 5:
+        time.sleep(0.005)
+    assert time.monotonic() - burst_at < 0.3
+    emitter.close()

@@ -61,6 +61,7 @@ def dilate_clocks() -> None:
     from collectors import emitter, runtime
 
     emitter.Emitter.__init__.__kwdefaults__["flush_interval"] *= factor
+    emitter.Emitter.__init__.__kwdefaults__["max_interval"] *= factor
     every, slow_s = runtime.CpuSampler.__init__.__defaults__  # a no-op job is "slow" at 100 times its time
     runtime.CpuSampler.__init__.__defaults__ = (every, slow_s * factor)
     runtime.LoopLagMonitor.__init__.__defaults__ = (0.5 * factor,)
