@@ -60,7 +60,10 @@ def _fill(jobs: int, warmup: int) -> None:
 
 def _build(pre: str, env: dict[str, str], jobs: int, warmup: int) -> tuple[list[str], Any]:
     dramatiq_bin = os.path.join(os.path.dirname(sys.executable), "dramatiq")
-    cmd = [dramatiq_bin, "dramatiq_probe", "--processes", "1", "--threads", "1", "--queues", QUEUE]
+    # One worker thread by default (a no-op job's whole cost in one thread); FB_BENCH_DRAMATIQ_THREADS=8
+    # runs Dramatiq's default. Either way its Redis broker, not the CPU, sets the pace.
+    threads = os.environ.get("FB_BENCH_DRAMATIQ_THREADS", "1")
+    cmd = [dramatiq_bin, "dramatiq_probe", "--processes", "1", "--threads", threads, "--queues", QUEUE]
     if os.environ.get("FB_BENCH_DRAMATIQ_PROMETHEUS") == "1":
         # Its metrics files in a directory of this run's (the filler's import makes it too), removed
         # after it; its exposition server (a process the dramatiq command forks) on a free loopback port.
